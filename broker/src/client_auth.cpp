@@ -1,0 +1,344 @@
+// Authenticating a client by its signed JWT assertion: the steps of SPEC.md "Authenticating the assertion".
+#include "smartbroker/broker/client_auth.hpp"
+
+#include <Poco/Exception.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
+#include <cmath>
+
+#include "smartbroker/jwks/base64url.hpp"
+
+namespace smartbroker::broker {
+namespace {
+
+using Poco::JSON::Object;
+
+constexpr std::size_t kMaxJti = 255;
+constexpr std::size_t kJsonDepth = 8;
+
+std::unexpected<Denial> deny(DenyReason reason, std::string detail = {}, std::string clientId = {}) {
+  return std::unexpected(Denial{reason, std::move(detail), std::move(clientId)});
+}
+
+/// A decoded but not yet trusted JWS: nothing in it is believed until the signature verifies.
+struct UntrustedJws {
+  Object::Ptr header;
+  Object::Ptr payload;
+  std::string_view signingInput;
+  std::string signature;
+};
+
+Object::Ptr parseObject(const std::string& json) {
+  try {
+    Poco::JSON::Parser parser;
+    parser.setDepth(kJsonDepth);
+    const Poco::Dynamic::Var value = parser.parse(json);
+    if (value.type() != typeid(Object::Ptr)) {
+      return nullptr;
+    }
+    return value.extract<Object::Ptr>();
+  } catch (const Poco::Exception&) {
+    return nullptr;
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+
+/// Step 1: exactly three non-empty, strictly base64url parts; header and payload JSON objects.
+/// (POCO's JWT reader accepts four parts, trailing dots and padding: POCO-NOTES.md; this does not.)
+std::expected<UntrustedJws, Denial> decode(std::string_view jwt) {
+  const std::size_t d1 = jwt.find('.');
+  const std::size_t d2 = d1 == std::string_view::npos ? d1 : jwt.find('.', d1 + 1);
+  if (d1 == std::string_view::npos || d2 == std::string_view::npos || jwt.find('.', d2 + 1) != std::string_view::npos ||
+      d1 == 0 || d2 == d1 + 1) {
+    // An empty signature part is well-formed (alg none has one); it is refused at the alg or signature step.
+    return deny(DenyReason::MalformedJwt, "not three parts with a non-empty header and payload");
+  }
+  auto header = jwks::base64urlDecode(jwt.substr(0, d1));
+  auto payload = jwks::base64urlDecode(jwt.substr(d1 + 1, d2 - d1 - 1));
+  auto signature = jwks::base64urlDecode(jwt.substr(d2 + 1));
+  if (!header || !payload || !signature) {
+    return deny(DenyReason::MalformedJwt, "a part is not base64url");
+  }
+  UntrustedJws jws;
+  jws.header = parseObject(*header);
+  if (!jws.header) {
+    return deny(DenyReason::MalformedHeader);
+  }
+  jws.payload = parseObject(*payload);
+  if (!jws.payload) {
+    return deny(DenyReason::MalformedPayload);
+  }
+  jws.signingInput = jwt.substr(0, d2);
+  jws.signature = std::move(*signature);
+  return jws;
+}
+
+std::optional<std::string> stringMember(const Object& obj, const std::string& name) {
+  const Poco::Dynamic::Var value = obj.get(name);
+  if (value.isEmpty() || !value.isString()) {
+    return std::nullopt;
+  }
+  return value.extract<std::string>();
+}
+
+enum class NumericDate : std::uint8_t { Absent, Invalid, Valid };
+
+/// RFC 7519 §2 NumericDate: a JSON number (fractions allowed, floored); strings, booleans and null are not.
+NumericDate numericDate(const Object& obj, const std::string& name, std::int64_t& out) {
+  if (!obj.has(name)) {
+    return NumericDate::Absent;
+  }
+  const Poco::Dynamic::Var value = obj.get(name);
+  if (value.isEmpty() || value.isString() || value.isBoolean() || !value.isNumeric()) {
+    return NumericDate::Invalid;
+  }
+  try {
+    if (value.isInteger()) {
+      out = value.convert<std::int64_t>();
+      return NumericDate::Valid;
+    }
+    const double d = value.convert<double>();
+    // Beyond 2^53 a double no longer names one second; such a date is nonsense anyway.
+    if (!std::isfinite(d) || std::fabs(d) > 9007199254740992.0) {
+      return NumericDate::Invalid;
+    }
+    out = static_cast<std::int64_t>(std::floor(d));
+    return NumericDate::Valid;
+  } catch (const Poco::Exception&) {
+    return NumericDate::Invalid;
+  }
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3); it must name `audience` exactly.
+bool audienceMatches(const Object& payload, const std::string& audience, bool& present) {
+  const Poco::Dynamic::Var aud = payload.get("aud");
+  present = !aud.isEmpty();
+  if (aud.isString()) {
+    return aud.extract<std::string>() == audience;
+  }
+  if (aud.type() == typeid(Poco::JSON::Array::Ptr)) {
+    const auto array = aud.extract<Poco::JSON::Array::Ptr>();
+    for (std::size_t i = 0; array && i < array->size(); ++i) {
+      const Poco::Dynamic::Var entry = array->get(static_cast<unsigned int>(i));
+      if (entry.isString() && entry.extract<std::string>() == audience) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+bool equalsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/// Step 2 (the part that needs no registration): which alg the header claims, refusing none and HMAC outright.
+std::expected<jwks::Alg, Denial> headerAlg(const Object& header) {
+  const auto alg = stringMember(header, "alg");
+  if (!alg) {
+    return deny(DenyReason::AlgMissing);
+  }
+  if (equalsIgnoreCase(*alg, "none")) {
+    return deny(DenyReason::AlgNone);
+  }
+  // HS* keyed with a public key is the classic key-confusion attack (RFC 8725 §2.1): refused by name.
+  if (alg->size() >= 2 && equalsIgnoreCase(alg->substr(0, 2), "HS")) {
+    return deny(DenyReason::AlgSymmetric, *alg);
+  }
+  const auto known = jwks::algFromName(*alg);
+  if (!known) {
+    return deny(DenyReason::AlgUnsupported, *alg);
+  }
+  return *known;
+}
+
+}  // namespace
+
+std::expected<KeyMatch, std::string> InlineKeySource::find(const Client& client, std::string_view kid, jwks::Alg alg) {
+  KeyMatch match;
+  match.set = client.jwks;
+  if (!match.set) {
+    return std::unexpected("client has no inline keys");
+  }
+  for (const jwks::PublicKey& key : match.set->keys) {
+    if (key.kid == kid && key.fits(alg)) {
+      match.keys.push_back(&key);
+    }
+  }
+  return match;
+}
+
+ClientAuthenticator::ClientAuthenticator(AssertionPolicy policy, const RegistryHolder& registry,
+                                         ClientKeySource& keys, const Clock& clock)
+    : policy_(std::move(policy)), registry_(registry), keys_(keys), clock_(clock) {}
+
+std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
+    std::string_view assertion, std::optional<std::string_view> clientIdParam) const {
+  // 1. Structure, bounded before any decoding work.
+  if (assertion.size() > policy_.max_bytes) {
+    return deny(DenyReason::AssertionTooLarge, std::to_string(assertion.size()) + " bytes");
+  }
+  auto jws = decode(assertion);
+  if (!jws) {
+    return std::unexpected(jws.error());
+  }
+  const Object& header = *jws->header;
+  const Object& payload = *jws->payload;
+
+  // 2. Header.
+  auto alg = headerAlg(header);
+  if (!alg) {
+    return std::unexpected(alg.error());
+  }
+  const auto kid = stringMember(header, "kid");
+  if (!kid || kid->empty()) {
+    return deny(DenyReason::KidMissing);
+  }
+  if (header.has("typ")) {
+    const auto typ = stringMember(header, "typ");
+    if (!typ || !equalsIgnoreCase(*typ, "JWT")) {
+      return deny(DenyReason::TypInvalid);
+    }
+  }
+  // We implement no JWS extension, so any crit (RFC 7515 §4.1.11) must be refused.
+  if (header.has("crit")) {
+    return deny(DenyReason::CritUnsupported);
+  }
+
+  // 3. Who claims to be calling. Still untrusted: it only selects which keys may prove it.
+  const auto iss = stringMember(payload, "iss");
+  if (!iss || iss->empty()) {
+    return deny(DenyReason::IssMissing);
+  }
+  const auto sub = stringMember(payload, "sub");
+  if (!sub || sub->empty()) {
+    return deny(DenyReason::SubMissing, {}, *iss);
+  }
+  if (*sub != *iss) {
+    return deny(DenyReason::SubMismatch, {}, *iss);
+  }
+  if (clientIdParam && *clientIdParam != *iss) {
+    return deny(DenyReason::ClientIdMismatch, {}, *iss);
+  }
+  const auto registry = registry_.get();
+  auto client = registry->find(*iss);
+  if (!client) {
+    return deny(DenyReason::UnknownClient, {}, *iss);
+  }
+  if (!client->enabled) {
+    return deny(DenyReason::ClientDisabled, {}, *iss);
+  }
+  if (!client->allows(*alg)) {
+    return deny(DenyReason::AlgNotAllowedForClient, std::string(jwks::algName(*alg)), *iss);
+  }
+
+  // 4. jku is only ever compared, never fetched: a URL of the caller's choosing would let it bring its own key.
+  if (header.has("jku")) {
+    const auto jku = stringMember(header, "jku");
+    if (!client->jwks_uri) {
+      return deny(DenyReason::JkuNotRegistered, {}, *iss);
+    }
+    if (!jku || *jku != *client->jwks_uri) {
+      return deny(DenyReason::JkuMismatch, {}, *iss);
+    }
+  }
+
+  // 5. Key selection: exactly one registered key with this kid that fits the alg.
+  auto match = keys_.find(*client, *kid, *alg);
+  if (!match) {
+    return deny(DenyReason::KeysUnavailable, match.error(), *iss);
+  }
+  if (match->keys.empty()) {
+    return deny(DenyReason::NoKeyForKid, "kid " + *kid, *iss);
+  }
+  if (match->keys.size() > 1) {
+    return deny(DenyReason::AmbiguousKey, "kid " + *kid, *iss);
+  }
+
+  // 6. Signature. Only from here on are the claims the client's own words.
+  if (!jwks::verifySignature(*match->keys.front(), *alg, jws->signingInput, jws->signature)) {
+    return deny(DenyReason::SignatureInvalid, "kid " + *kid, *iss);
+  }
+
+  // 7. Audience and time.
+  bool audPresent = false;
+  if (!audienceMatches(payload, policy_.audience, audPresent)) {
+    return deny(audPresent ? DenyReason::AudMismatch : DenyReason::AudMissing, {}, *iss);
+  }
+  const std::int64_t now = clock_.now();
+  std::int64_t exp = 0;
+  switch (numericDate(payload, "exp", exp)) {
+    case NumericDate::Absent:
+      return deny(DenyReason::ExpMissing, {}, *iss);
+    case NumericDate::Invalid:
+      return deny(DenyReason::ExpNotNumeric, {}, *iss);
+    case NumericDate::Valid:
+      break;
+  }
+  if (exp <= now - policy_.clock_skew) {
+    return deny(DenyReason::Expired, "exp " + std::to_string(exp) + " now " + std::to_string(now), *iss);
+  }
+  // Inferno sends exp = now + 300 on its own clock: the skew allowance applies here too.
+  if (exp > now + policy_.max_lifetime + policy_.clock_skew) {
+    return deny(DenyReason::ExpTooFarAhead, "exp " + std::to_string(exp) + " now " + std::to_string(now), *iss);
+  }
+  std::int64_t nbf = 0;
+  switch (numericDate(payload, "nbf", nbf)) {
+    case NumericDate::Invalid:
+      return deny(DenyReason::NbfNotNumeric, {}, *iss);
+    case NumericDate::Valid:
+      if (nbf > now + policy_.clock_skew) {
+        return deny(DenyReason::NotYetValid, "nbf " + std::to_string(nbf) + " now " + std::to_string(now), *iss);
+      }
+      break;
+    case NumericDate::Absent:
+      break;
+  }
+  std::int64_t iat = 0;
+  switch (numericDate(payload, "iat", iat)) {
+    case NumericDate::Invalid:
+      return deny(DenyReason::IatNotNumeric, {}, *iss);
+    case NumericDate::Valid:
+      if (iat > now + policy_.clock_skew) {
+        return deny(DenyReason::IatInFuture, "iat " + std::to_string(iat) + " now " + std::to_string(now), *iss);
+      }
+      break;
+    case NumericDate::Absent:
+      break;
+  }
+
+  // 8 (first half): jti must be usable as a replay key; recording it is consumeJti's job, done last.
+  if (!payload.has("jti")) {
+    return deny(DenyReason::JtiMissing, {}, *iss);
+  }
+  auto jti = stringMember(payload, "jti");
+  if (!jti || jti->empty() || jti->size() > kMaxJti) {
+    return deny(DenyReason::JtiInvalid, {}, *iss);
+  }
+  return VerifiedAssertion{std::move(client), std::move(*jti), exp};
+}
+
+std::expected<void, Denial> consumeJti(StateStore& store, const VerifiedAssertion& assertion, std::int64_t clockSkew) {
+  // Kept until the assertion could no longer pass the exp check, so no replay window opens before that.
+  auto outcome = store.recordJti(assertion.client->client_id, assertion.jti, assertion.exp + clockSkew);
+  if (!outcome) {
+    return deny(DenyReason::StoreUnavailable, outcome.error().detail, assertion.client->client_id);
+  }
+  if (*outcome == JtiOutcome::Replayed) {
+    return deny(DenyReason::JtiReplayed, {}, assertion.client->client_id);
+  }
+  return {};
+}
+
+}  // namespace smartbroker::broker

@@ -1,0 +1,36 @@
+// Writing JSON text by hand on hot paths: string escaping per RFC 8259 §7.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace smartbroker::broker {
+
+/// Appends `value` as a quoted JSON string. Control characters are \u-escaped; bytes >= 0x80 are copied
+/// (inputs are UTF-8 or validated ASCII).
+inline void appendJsonString(std::string& out, std::string_view value) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (const char c : value) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (u < 0x20) {
+      out += "\\u00";
+      out.push_back(kHex[u >> 4]);
+      out.push_back(kHex[u & 0xf]);
+    } else {
+      out.push_back(c);
+    }
+  }
+  out.push_back('"');
+}
+
+inline void appendJsonMember(std::string& out, std::string_view name, std::string_view value) {
+  appendJsonString(out, name);
+  out.push_back(':');
+  appendJsonString(out, value);
+}
+
+}  // namespace smartbroker::broker

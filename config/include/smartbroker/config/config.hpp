@@ -1,0 +1,102 @@
+// The broker's configuration as plain structs, loaded from YAML and validated with file:line diagnostics.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "smartbroker/jwks/jwk.hpp"
+
+namespace smartbroker::config {
+
+using Seconds = std::chrono::seconds;
+
+/// Bounds on every input of the HTTP endpoints.
+struct Limits {
+  std::size_t max_body_bytes = 16 * 1024;       ///< request body (token, introspect, revoke)
+  std::size_t max_params = 16;                  ///< form parameters
+  std::size_t max_param_bytes = 8 * 1024;       ///< any one decoded parameter value
+  std::size_t max_assertion_bytes = 8 * 1024;   ///< the client_assertion JWT
+  std::size_t max_scope_count = 64;             ///< space-separated scopes in one request
+};
+
+/// Optional TLS on the listener (most deployments terminate TLS at a reverse proxy).
+struct Tls {
+  std::string certificate_file;
+  std::string private_key_file;
+};
+
+struct Server {
+  std::string listen_address = "127.0.0.1";
+  std::uint16_t port = 8080;                    ///< 0 = any free port (tests); the chosen port is logged
+  std::string public_base_url;                  ///< e.g. https://auth.example.org/smart (no trailing slash)
+  std::vector<std::string> audiences;           ///< FHIR server base URL(s) that issued tokens are for
+  Seconds token_lifetime{300};                  ///< default access token lifetime
+  Seconds max_token_lifetime{300};              ///< server cap; no client or default may exceed it
+  Seconds clock_skew{30};                       ///< tolerance for exp/nbf/iat of client assertions
+  Seconds max_assertion_lifetime{300};          ///< exp may be at most this far ahead of now (SPEC: 300)
+  std::string state_directory;                  ///< keys and the SQLite database live here
+  std::string database_path;                    ///< default: <state_directory>/smart-broker.db
+  std::string signing_algorithm = "ES256";      ///< the broker's own access-token alg: ES256 or RS256
+  unsigned threads = 0;                         ///< HTTP worker threads; 0 = 2 x cores, at least 4
+  unsigned max_queued = 256;                    ///< accepted connections waiting for a worker
+  Seconds keep_alive_timeout{15};
+  Limits limits;
+  std::optional<Tls> tls;
+
+  /// The token endpoint URL: the one and only accepted assertion `aud` (SPEC "Authenticating" 7).
+  std::string tokenEndpoint() const { return public_base_url + "/token"; }
+  std::string jwksUri() const { return public_base_url + "/jwks.json"; }
+  std::string introspectionEndpoint() const { return public_base_url + "/introspect"; }
+  std::string revocationEndpoint() const { return public_base_url + "/revoke"; }
+  /// The issuer of our access tokens and of RFC 8414 metadata.
+  std::string issuer() const { return public_base_url; }
+};
+
+/// A registered system (OAuth client) as configured. Keys come inline or (a later issue) by URL.
+struct System {
+  std::string client_id;
+  std::string name;
+  std::optional<jwks::JwkSet> jwks;             ///< inline keys
+  std::optional<std::string> jwks_uri;          ///< keys by URL; exactly one of jwks/jwks_uri is set
+  std::vector<std::string> scopes;              ///< pre-authorized scopes, each valid `system/` syntax
+  std::vector<jwks::Alg> algorithms{jwks::Alg::RS384, jwks::Alg::ES384};  ///< allowed assertion algs
+  bool enabled = true;
+  std::optional<Seconds> token_lifetime;        ///< <= server max_token_lifetime
+  int line = 0;                                 ///< where it was defined, for diagnostics
+};
+
+struct Config {
+  std::string source;                           ///< the file it was read from
+  Server server;
+  std::vector<System> systems;
+};
+
+/// One problem found while loading: rendered as "file:line: key: problem".
+struct Problem {
+  std::string file;
+  int line = 0;
+  std::string key;      ///< dotted path, e.g. "systems[1].scopes[0]"
+  std::string message;
+  std::string format() const;
+};
+
+/// Checks that are not the config library's own (scope syntax belongs to the broker's scope engine).
+struct Validators {
+  /// Returns an error message when `scope` is not a valid pre-authorizable scope, nullopt when it is.
+  std::function<std::optional<std::string>(const std::string& scope)> scope;
+};
+
+/// Reads and validates the YAML file at `path`. Every problem found is returned (not just the first).
+/// Unknown keys are problems, so that a typo never silently falls back to a default.
+std::expected<Config, std::vector<Problem>> loadConfig(const std::string& path, const Validators& validators);
+
+/// The same, from YAML text (tests); `sourceName` is used in diagnostics.
+std::expected<Config, std::vector<Problem>> parseConfig(const std::string& yaml, const std::string& sourceName,
+                                                        const Validators& validators);
+
+}  // namespace smartbroker::config

@@ -1,0 +1,403 @@
+// The e2e harness: process control (fork/exec), a loopback HTTP client (POCO) and the jose line protocol.
+#include "harness.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <Poco/JSON/Parser.h>
+#include <Poco/JSON/Stringifier.h>
+#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/StreamCopier.h>
+#include <Poco/URI.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace e2e {
+namespace fs = std::filesystem;
+
+std::string dataDir() { return SMARTBROKER_TEST_DATA; }
+std::string keyFile(const std::string& name) { return dataDir() + "/keys/" + name + ".pem"; }
+
+std::int64_t now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string randomJti() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::ostringstream out;
+  out << std::hex << rng() << rng();
+  return out.str();
+}
+
+std::string Response::header(const std::string& name) const {
+  const auto it = headers.find(name);
+  return it == headers.end() ? std::string() : it->second;
+}
+
+Json Response::json() const {
+  Poco::JSON::Parser parser;
+  return parser.parse(body).extract<Json>();
+}
+
+std::string formEncode(const std::vector<std::pair<std::string, std::string>>& params) {
+  std::string out;
+  for (const auto& [name, value] : params) {
+    std::string n;
+    std::string v;
+    Poco::URI::encode(name, "!#$&'()*+,/:;=?@[]% ", n);
+    Poco::URI::encode(value, "!#$&'()*+,/:;=?@[]% ", v);
+    out += out.empty() ? "" : "&";
+    out += n + "=" + v;
+  }
+  return out;
+}
+
+std::string tokenForm(const std::string& assertion, const std::string& scope) {
+  return formEncode({{"grant_type", "client_credentials"},
+                     {"client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"},
+                     {"client_assertion", assertion},
+                     {"scope", scope}});
+}
+
+Json object(std::initializer_list<std::pair<std::string, Poco::Dynamic::Var>> members) {
+  Json obj = new Poco::JSON::Object;
+  for (const auto& [name, value] : members) {
+    obj->set(name, value);
+  }
+  return obj;
+}
+
+Json claims(const std::string& clientId, const std::string& aud) {
+  return object({{"iss", clientId}, {"sub", clientId}, {"aud", aud}, {"exp", now() + 300}, {"jti", randomJti()}});
+}
+
+// ---------------------------------------------------------------------------------------------- Broker
+
+const char* Broker::standardSystems() {
+  return R"(
+  - client_id: rs384-client
+    algorithms: [RS384, ES384]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/rs384-client.jwks.json
+  - client_id: es384-client
+    algorithms: [ES384]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/es384-client.jwks.json
+  - client_id: rs256-client
+    algorithms: [RS256]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/rs256-client.jwks.json
+  - client_id: es256-client
+    algorithms: [ES256]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/es256-client.jwks.json
+  - client_id: other-client
+    algorithms: [RS384]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/other-client.jwks.json
+  - client_id: disabled-client
+    enabled: false
+    algorithms: [RS384]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/rs384-client.jwks.json
+  - client_id: scoped-client
+    algorithms: [RS384]
+    scopes:
+      - system/Observation.rs
+      - system/Patient.read
+      - system/Condition.rs?category=problem-list-item
+      - system/Encounter.cruds
+    jwks_file: @DATA@/keys/rs384-client.jwks.json
+  - client_id: short-lived-client
+    algorithms: [RS384]
+    scopes: [system/*.rs]
+    token_lifetime: 60
+    jwks_file: @DATA@/keys/rs384-client.jwks.json
+)";
+}
+
+Broker::Broker() : Broker(Options{}) {}
+
+Broker::Broker(Options options) : options_(std::move(options)) {
+  if (options_.state_dir.empty()) {
+    char tmpl[] = "/tmp/smart-broker-e2e-XXXXXX";
+    const char* dir = ::mkdtemp(tmpl);
+    if (dir == nullptr) {
+      throw std::runtime_error("mkdtemp failed");
+    }
+    state_dir_ = dir;
+  } else {
+    state_dir_ = options_.state_dir;
+  }
+  config_path_ = state_dir_ + "/smart-broker.yaml";
+  log_path_ = state_dir_ + "/broker.log";
+  start();
+}
+
+namespace {
+
+/// A port that was free a moment ago (bound to 0, read, closed). A race with another process is possible;
+/// start() retries on "Address already in use".
+std::uint16_t freePort() {
+  Poco::Net::ServerSocket probe(Poco::Net::SocketAddress("127.0.0.1", 0));
+  const std::uint16_t port = probe.address().port();
+  probe.close();
+  return port;
+}
+
+}  // namespace
+
+void Broker::start() {
+  std::string systems = options_.systems.empty() ? standardSystems() : options_.systems;
+  for (std::size_t at = systems.find("@DATA@"); at != std::string::npos; at = systems.find("@DATA@")) {
+    systems.replace(at, 6, dataDir());
+  }
+  const bool restart = port_ != 0;
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    if (!restart) {
+      port_ = freePort();
+    }
+    {
+      std::ofstream config(config_path_);
+      config << "server:\n"
+             << "  listen_address: 127.0.0.1\n"
+             << "  port: " << port_ << "\n"
+             << "  public_base_url: http://127.0.0.1:" << port_ << "\n"
+             << "  audiences: [https://fhir.example.org/r4]\n"
+             << "  state_directory: " << state_dir_ << "/state\n"
+             << options_.server_extra << "systems:" << systems;
+    }
+    const std::size_t logged = log().size();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      const int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fd, 2);
+      ::execl(SMARTBROKER_BINARY, SMARTBROKER_BINARY, "--config", config_path_.c_str(), nullptr);
+      ::_exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    bool exited = false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      const std::string text = log();
+      if (text.find("event=listening", logged) != std::string::npos) {
+        return;
+      }
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!exited) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    pid_ = -1;
+    if (restart || log().find("already in use", logged) == std::string::npos) {
+      throw std::runtime_error("smart-broker did not start:\n" + log());
+    }
+  }
+  throw std::runtime_error("no free port found");
+}
+
+Broker::~Broker() {
+  if (pid_ > 0) {
+    stop();
+  }
+  if (options_.state_dir.empty() && std::getenv("SMARTBROKER_KEEP_E2E") == nullptr) {
+    std::error_code ec;
+    fs::remove_all(state_dir_, ec);
+  }
+}
+
+std::string Broker::baseUrl() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+std::string Broker::log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool Broker::waitForLog(const std::string& needle, int ms) const {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (log().find(needle) != std::string::npos) {
+      return true;
+    }
+    int status = 0;
+    if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
+      return log().find(needle) != std::string::npos;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+void Broker::signal(int sig) const { ::kill(pid_, sig); }
+
+int Broker::stop() {
+  if (pid_ <= 0) {
+    return -1;
+  }
+  ::kill(pid_, SIGTERM);
+  int status = 0;
+  for (int i = 0; i < 1500; ++i) {
+    const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return -1;
+}
+
+Response Broker::request(const std::string& method, const std::string& path, const std::string& body,
+                         const std::string& contentType,
+                         const std::vector<std::pair<std::string, std::string>>& headers) const {
+  Poco::Net::HTTPClientSession session("127.0.0.1", port_);
+  session.setTimeout(Poco::Timespan(10, 0));
+  Poco::Net::HTTPRequest req(method, path, Poco::Net::HTTPMessage::HTTP_1_1);
+  if (!contentType.empty()) {
+    req.setContentType(contentType);
+  }
+  for (const auto& [name, value] : headers) {
+    req.set(name, value);
+  }
+  if (!body.empty() || method == "POST") {
+    req.setContentLength64(static_cast<Poco::Int64>(body.size()));
+  }
+  session.sendRequest(req) << body;
+  Poco::Net::HTTPResponse res;
+  std::istream& in = session.receiveResponse(res);
+  Response out;
+  out.status = static_cast<int>(res.getStatus());
+  std::ostringstream text;
+  Poco::StreamCopier::copyStream(in, text);
+  out.body = text.str();
+  for (const auto& [name, value] : res) {
+    std::string lower = name;
+    for (char& c : lower) {
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    out.headers[lower] = value;
+  }
+  return out;
+}
+
+Response Broker::post(const std::string& path, const std::string& body, const std::string& contentType) const {
+  return request("POST", path, body, contentType);
+}
+
+Response Broker::get(const std::string& path) const { return request("GET", path); }
+
+// ---------------------------------------------------------------------------------------------- Jose
+
+Jose::Jose() {
+  int in[2];
+  int out[2];
+  if (::pipe(in) != 0 || ::pipe(out) != 0) {
+    throw std::runtime_error("pipe failed");
+  }
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::dup2(in[0], 0);
+    ::dup2(out[1], 1);
+    ::close(in[1]);
+    ::close(out[0]);
+    const std::string script = std::string(SMARTBROKER_E2E_DIR) + "/jose_helper.mjs";
+    ::execlp("node", "node", script.c_str(), nullptr);
+    ::_exit(127);
+  }
+  ::close(in[0]);
+  ::close(out[1]);
+  to_ = in[1];
+  from_ = out[0];
+}
+
+Jose::~Jose() {
+  ::close(to_);
+  ::close(from_);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+}
+
+Json Jose::call(const Json& command) {
+  std::ostringstream line;
+  Poco::JSON::Stringifier::stringify(command, line);
+  std::string text = line.str() + "\n";
+  if (::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    throw std::runtime_error("jose helper: write failed");
+  }
+  for (;;) {
+    const std::size_t nl = buffer_.find('\n');
+    if (nl != std::string::npos) {
+      const std::string answer = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      Poco::JSON::Parser parser;
+      Json result = parser.parse(answer).extract<Json>();
+      if (result->has("error") && !result->has("ok")) {
+        throw std::runtime_error("jose helper: " + result->getValue<std::string>("error"));
+      }
+      return result;
+    }
+    pollfd pfd{from_, POLLIN, 0};
+    if (::poll(&pfd, 1, 20000) <= 0) {
+      throw std::runtime_error("jose helper: no answer");
+    }
+    char chunk[65536];
+    const ssize_t n = ::read(from_, chunk, sizeof chunk);
+    if (n <= 0) {
+      throw std::runtime_error("jose helper exited (is node installed and `npm ci` run in tests/e2e?)");
+    }
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+}
+
+std::string Jose::sign(const std::string& alg, const std::string& key, const Json& header, const Json& payload) {
+  return call(object({{"op", "sign"}, {"alg", alg}, {"key", key}, {"header", header}, {"payload", payload}}))
+      ->getValue<std::string>("jwt");
+}
+
+std::string Jose::joseSign(const std::string& alg, const std::string& key, const std::string& kid,
+                           const Json& payload) {
+  return call(object({{"op", "jose_sign"}, {"alg", alg}, {"key", key}, {"kid", kid}, {"payload", payload}}))
+      ->getValue<std::string>("jwt");
+}
+
+Json Jose::verify(const std::string& token, const std::string& jwksUrl, const std::string& issuer,
+                  const std::string& audience) {
+  return call(object({{"op", "verify"},
+                      {"token", token},
+                      {"jwks_url", jwksUrl},
+                      {"issuer", issuer},
+                      {"audience", audience},
+                      {"typ", "at+jwt"}}));
+}
+
+Jose& jose() {
+  static Jose instance;
+  return instance;
+}
+
+}  // namespace e2e

@@ -1,0 +1,114 @@
+// End-to-end test harness: the real smart-broker binary on a loopback port, node's jose as the independent peer.
+#pragma once
+
+#include <sys/types.h>
+
+#include <Poco/JSON/Object.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace e2e {
+
+using Json = Poco::JSON::Object::Ptr;
+
+std::string dataDir();   ///< tests/data
+std::string keyFile(const std::string& name);   ///< tests/data/keys/<name>.pem
+std::int64_t now();
+
+struct Response {
+  int status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;  ///< names lower-cased
+  std::string header(const std::string& name) const;
+  Json json() const;   ///< throws unless the body is a JSON object
+};
+
+/// `a=b&c=d` with every name and value percent-encoded.
+std::string formEncode(const std::vector<std::pair<std::string, std::string>>& params);
+
+/// A token request body: grant_type, client_assertion_type, client_assertion, scope.
+std::string tokenForm(const std::string& assertion, const std::string& scope = "system/*.rs");
+
+/// A running smart-broker process with a generated configuration.
+class Broker {
+ public:
+  struct Options {
+    std::string server_extra;   ///< YAML lines appended under `server:` (each indented by two spaces)
+    std::string systems;        ///< YAML for `systems:`; empty = the standard test systems
+    std::string state_dir;      ///< reuse a state directory (restart tests); empty = fresh temp dir
+  };
+  Broker();
+  explicit Broker(Options options);
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  std::uint16_t port() const { return port_; }
+  std::string baseUrl() const;
+  std::string tokenUrl() const { return baseUrl() + "/token"; }
+  const std::string& stateDir() const { return state_dir_; }
+  const std::string& configPath() const { return config_path_; }
+  pid_t pid() const { return pid_; }
+
+  Response request(const std::string& method, const std::string& path, const std::string& body = {},
+                   const std::string& contentType = {},
+                   const std::vector<std::pair<std::string, std::string>>& headers = {}) const;
+  Response post(const std::string& path, const std::string& body,
+                const std::string& contentType = "application/x-www-form-urlencoded") const;
+  Response get(const std::string& path) const;
+
+  std::string log() const;             ///< everything the broker wrote to stderr so far
+  /// Waits up to `ms` for `needle` to appear in the log.
+  bool waitForLog(const std::string& needle, int ms = 3000) const;
+  void signal(int sig) const;
+  /// Sends SIGTERM and returns the exit status (or -1 on a signal death / timeout).
+  int stop();
+  void start();
+
+  static const char* standardSystems();
+
+ private:
+  Options options_;
+  std::string state_dir_;
+  std::string config_path_;
+  std::string log_path_;
+  pid_t pid_ = -1;
+  std::uint16_t port_ = 0;
+};
+
+/// node tests/e2e/jose_helper.mjs, one JSON command per line.
+class Jose {
+ public:
+  Jose();
+  ~Jose();
+  Json call(const Json& command);
+
+  /// Signs with node:crypto; `header` overlays {"alg": alg, "typ": "JWT"}.
+  std::string sign(const std::string& alg, const std::string& key, const Json& header, const Json& payload);
+  /// Signs with jose's SignJWT (header {alg, kid, typ: JWT}).
+  std::string joseSign(const std::string& alg, const std::string& key, const std::string& kid, const Json& payload);
+  /// Verifies an access token against the broker's published JWKS; returns the helper's answer.
+  Json verify(const std::string& token, const std::string& jwksUrl, const std::string& issuer,
+              const std::string& audience);
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1;
+  int from_ = -1;
+  std::string buffer_;
+};
+
+/// The shared jose helper of this test process.
+Jose& jose();
+
+/// Standard claims for a client assertion to `aud`: iss = sub = clientId, exp = now + 300, random jti.
+Json claims(const std::string& clientId, const std::string& aud);
+Json object(std::initializer_list<std::pair<std::string, Poco::Dynamic::Var>> members);
+std::string randomJti();
+
+}  // namespace e2e
