@@ -5,6 +5,10 @@
 #include <boost/test/unit_test.hpp>
 
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -146,6 +150,39 @@ BOOST_AUTO_TEST_CASE(survives_sighup_and_reloads_the_registry) {
   Json header = object({{"alg", "ES384"}, {"kid", "es384-client"}, {"typ", "JWT"}});
   const std::string es = jose().sign("ES384", keyFile("es384-client"), header, claims("es384-client", b.tokenUrl()));
   BOOST_TEST(b.post("/token", tokenForm(es)).status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(drops_no_request_while_reloading) {
+  Broker b;
+  std::vector<std::string> assertions;
+  for (int i = 0; i < 120; ++i) {
+    assertions.push_back(assertionFor(b, "rs384-client"));
+  }
+  std::atomic<std::size_t> next{0};
+  std::atomic<int> ok{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t) {
+    clients.emplace_back([&] {
+      for (std::size_t i = next++; i < assertions.size(); i = next++) {
+        try {
+          (b.post("/token", tokenForm(assertions[i])).status == 200 ? ok : failed)++;
+        } catch (const std::exception&) {
+          ++failed;
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 5; ++i) {
+    b.signal(SIGHUP);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (auto& c : clients) {
+    c.join();
+  }
+  BOOST_TEST(ok.load() == 120);
+  BOOST_TEST(failed.load() == 0);
+  BOOST_TEST(b.waitForLog("event=reloaded"));
 }
 
 BOOST_AUTO_TEST_CASE(keeps_the_previous_registry_when_a_reload_is_invalid) {
