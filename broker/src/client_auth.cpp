@@ -4,112 +4,22 @@
 #include <Poco/Exception.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
-#include <Poco/JSON/Parser.h>
 
-#include <cmath>
-
-#include "smartbroker/jwks/base64url.hpp"
+#include "jws.hpp"
 
 namespace smartbroker::broker {
 namespace {
 
 using Poco::JSON::Object;
+using jws::equalsIgnoreCase;
+using jws::NumericDate;
+using jws::numericDate;
+using jws::stringMember;
 
 constexpr std::size_t kMaxJti = 255;
-constexpr std::size_t kJsonDepth = 8;
 
 std::unexpected<Denial> deny(DenyReason reason, std::string detail = {}, std::string clientId = {}) {
   return std::unexpected(Denial{reason, std::move(detail), std::move(clientId)});
-}
-
-/// A decoded but not yet trusted JWS: nothing in it is believed until the signature verifies.
-struct UntrustedJws {
-  Object::Ptr header;
-  Object::Ptr payload;
-  std::string_view signingInput;
-  std::string signature;
-};
-
-Object::Ptr parseObject(const std::string& json) {
-  try {
-    Poco::JSON::Parser parser;
-    parser.setDepth(kJsonDepth);
-    const Poco::Dynamic::Var value = parser.parse(json);
-    if (value.type() != typeid(Object::Ptr)) {
-      return nullptr;
-    }
-    return value.extract<Object::Ptr>();
-  } catch (const Poco::Exception&) {
-    return nullptr;
-  } catch (const std::exception&) {
-    return nullptr;
-  }
-}
-
-/// Step 1: exactly three non-empty, strictly base64url parts; header and payload JSON objects.
-/// (POCO's JWT reader accepts four parts, trailing dots and padding: POCO-NOTES.md; this does not.)
-std::expected<UntrustedJws, Denial> decode(std::string_view jwt) {
-  const std::size_t d1 = jwt.find('.');
-  const std::size_t d2 = d1 == std::string_view::npos ? d1 : jwt.find('.', d1 + 1);
-  if (d1 == std::string_view::npos || d2 == std::string_view::npos || jwt.find('.', d2 + 1) != std::string_view::npos ||
-      d1 == 0 || d2 == d1 + 1) {
-    // An empty signature part is well-formed (alg none has one); it is refused at the alg or signature step.
-    return deny(DenyReason::MalformedJwt, "not three parts with a non-empty header and payload");
-  }
-  auto header = jwks::base64urlDecode(jwt.substr(0, d1));
-  auto payload = jwks::base64urlDecode(jwt.substr(d1 + 1, d2 - d1 - 1));
-  auto signature = jwks::base64urlDecode(jwt.substr(d2 + 1));
-  if (!header || !payload || !signature) {
-    return deny(DenyReason::MalformedJwt, "a part is not base64url");
-  }
-  UntrustedJws jws;
-  jws.header = parseObject(*header);
-  if (!jws.header) {
-    return deny(DenyReason::MalformedHeader);
-  }
-  jws.payload = parseObject(*payload);
-  if (!jws.payload) {
-    return deny(DenyReason::MalformedPayload);
-  }
-  jws.signingInput = jwt.substr(0, d2);
-  jws.signature = std::move(*signature);
-  return jws;
-}
-
-std::optional<std::string> stringMember(const Object& obj, const std::string& name) {
-  const Poco::Dynamic::Var value = obj.get(name);
-  if (value.isEmpty() || !value.isString()) {
-    return std::nullopt;
-  }
-  return value.extract<std::string>();
-}
-
-enum class NumericDate : std::uint8_t { Absent, Invalid, Valid };
-
-/// RFC 7519 §2 NumericDate: a JSON number (fractions allowed, floored); strings, booleans and null are not.
-NumericDate numericDate(const Object& obj, const std::string& name, std::int64_t& out) {
-  if (!obj.has(name)) {
-    return NumericDate::Absent;
-  }
-  const Poco::Dynamic::Var value = obj.get(name);
-  if (value.isEmpty() || value.isString() || value.isBoolean() || !value.isNumeric()) {
-    return NumericDate::Invalid;
-  }
-  try {
-    if (value.isInteger()) {
-      out = value.convert<std::int64_t>();
-      return NumericDate::Valid;
-    }
-    const double d = value.convert<double>();
-    // Beyond 2^53 a double no longer names one second; such a date is nonsense anyway.
-    if (!std::isfinite(d) || std::fabs(d) > 9007199254740992.0) {
-      return NumericDate::Invalid;
-    }
-    out = static_cast<std::int64_t>(std::floor(d));
-    return NumericDate::Valid;
-  } catch (const Poco::Exception&) {
-    return NumericDate::Invalid;
-  }
 }
 
 /// `aud` is a string or an array of strings (RFC 7519 §4.1.3); it must name `audience` exactly.
@@ -129,18 +39,6 @@ bool audienceMatches(const Object& payload, const std::string& audience, bool& p
     }
   }
   return false;
-}
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
-  }
-  return true;
 }
 
 /// Step 2 (the part that needs no registration): which alg the header claims, refusing none and HMAC outright.
@@ -180,8 +78,8 @@ std::expected<KeyMatch, std::string> InlineKeySource::find(const Client& client,
 }
 
 ClientAuthenticator::ClientAuthenticator(AssertionPolicy policy, const RegistryHolder& registry,
-                                         ClientKeySource& keys, const Clock& clock)
-    : policy_(std::move(policy)), registry_(registry), keys_(keys), clock_(clock) {}
+                                         ClientKeySource& keys, const Clock& clock, const TokenState* state)
+    : policy_(std::move(policy)), registry_(registry), keys_(keys), clock_(clock), state_(state) {}
 
 std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
     std::string_view assertion, std::optional<std::string_view> clientIdParam) const {
@@ -189,12 +87,19 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   if (assertion.size() > policy_.max_bytes) {
     return deny(DenyReason::AssertionTooLarge, std::to_string(assertion.size()) + " bytes");
   }
-  auto jws = decode(assertion);
-  if (!jws) {
-    return std::unexpected(jws.error());
+  auto decoded = jws::decode(assertion);
+  if (!decoded) {
+    switch (decoded.error()) {
+      case jws::DecodeError::Structure:
+        return deny(DenyReason::MalformedJwt, "not three base64url parts with a non-empty header and payload");
+      case jws::DecodeError::Header:
+        return deny(DenyReason::MalformedHeader);
+      case jws::DecodeError::Payload:
+        return deny(DenyReason::MalformedPayload);
+    }
   }
-  const Object& header = *jws->header;
-  const Object& payload = *jws->payload;
+  const Object& header = *decoded->header;
+  const Object& payload = *decoded->payload;
 
   // 2. Header.
   auto alg = headerAlg(header);
@@ -239,6 +144,9 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   if (!client->enabled) {
     return deny(DenyReason::ClientDisabled, {}, *iss);
   }
+  if (state_ != nullptr && state_->isSuspended(client->client_id)) {
+    return deny(DenyReason::ClientSuspended, {}, *iss);
+  }
   if (!client->allows(*alg)) {
     return deny(DenyReason::AlgNotAllowedForClient, std::string(jwks::algName(*alg)), *iss);
   }
@@ -267,13 +175,17 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   }
 
   // 6. Signature. Only from here on are the claims the client's own words.
-  if (!jwks::verifySignature(*match->keys.front(), *alg, jws->signingInput, jws->signature)) {
+  if (!jwks::verifySignature(*match->keys.front(), *alg, decoded->signingInput, decoded->signature)) {
     return deny(DenyReason::SignatureInvalid, "kid " + *kid, *iss);
   }
 
   // 7. Audience and time.
   bool audPresent = false;
-  if (!audienceMatches(payload, policy_.audience, audPresent)) {
+  bool accepted = audienceMatches(payload, policy_.audience, audPresent);
+  for (std::size_t i = 0; !accepted && i < policy_.also_accepted.size(); ++i) {
+    accepted = audienceMatches(payload, policy_.also_accepted[i], audPresent);
+  }
+  if (!accepted) {
     return deny(audPresent ? DenyReason::AudMismatch : DenyReason::AudMissing, {}, *iss);
   }
   const std::int64_t now = clock_.now();
@@ -329,9 +241,10 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   return VerifiedAssertion{std::move(client), std::move(*jti), exp};
 }
 
-std::expected<void, Denial> consumeJti(StateStore& store, const VerifiedAssertion& assertion, std::int64_t clockSkew) {
+std::expected<void, Denial> consumeJti(StateStore& store, const VerifiedAssertion& assertion, std::int64_t clockSkew,
+                                       const IssuedToken* issued) {
   // Kept until the assertion could no longer pass the exp check, so no replay window opens before that.
-  auto outcome = store.recordJti(assertion.client->client_id, assertion.jti, assertion.exp + clockSkew);
+  auto outcome = store.recordJti(assertion.client->client_id, assertion.jti, assertion.exp + clockSkew, issued);
   if (!outcome) {
     return deny(DenyReason::StoreUnavailable, outcome.error().detail, assertion.client->client_id);
   }

@@ -35,6 +35,12 @@ void addCommon(Poco::JSON::Object& doc, const config::Server& server, const std:
     algs->add(std::string(jwks::algName(alg)));
   }
   doc.set("token_endpoint_auth_signing_alg_values_supported", algs);
+  doc.set("introspection_endpoint", server.introspectionEndpoint());
+  doc.set("introspection_endpoint_auth_methods_supported", array({"private_key_jwt"}));
+  doc.set("introspection_endpoint_auth_signing_alg_values_supported", Poco::JSON::Array::Ptr(new Poco::JSON::Array(*algs)));
+  doc.set("revocation_endpoint", server.revocationEndpoint());
+  doc.set("revocation_endpoint_auth_methods_supported", array({"private_key_jwt"}));
+  doc.set("revocation_endpoint_auth_signing_alg_values_supported", Poco::JSON::Array::Ptr(new Poco::JSON::Array(*algs)));
   doc.set("scopes_supported", array({"system/*.cruds", "system/*.rs", "system/*.read", "system/*.write", "system/*.*"}));
   // Advertised because SMART requires it of every server; there is no authorization endpoint, and `plain`
   // is never offered.

@@ -49,6 +49,7 @@ WireError wireError(DenyReason reason) {
     case R::ClientIdMismatch: return client("client_id parameter does not match the client_assertion iss");
     case R::UnknownClient: return client("Unknown client");
     case R::ClientDisabled: return client("Client is disabled");
+    case R::ClientSuspended: return client("Client is suspended");
     case R::JkuNotRegistered: return client("client_assertion jku is not accepted for a client without a jwks_uri");
     case R::JkuMismatch: return client("client_assertion jku does not match the registered jwks_uri");
     case R::KeysUnavailable: return client("The client's keys could not be obtained");
@@ -109,6 +110,7 @@ std::string_view reasonName(DenyReason reason) {
     case R::ClientIdMismatch: return "client_id_mismatch";
     case R::UnknownClient: return "unknown_client";
     case R::ClientDisabled: return "client_disabled";
+    case R::ClientSuspended: return "client_suspended";
     case R::JkuNotRegistered: return "jku_not_registered";
     case R::JkuMismatch: return "jku_mismatch";
     case R::KeysUnavailable: return "keys_unavailable";

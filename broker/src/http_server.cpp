@@ -24,7 +24,7 @@ using Poco::Net::HTTPResponse;
 using Poco::Net::HTTPServerRequest;
 using Poco::Net::HTTPServerResponse;
 
-enum class Route : std::uint8_t { Token, Jwks, SmartConfiguration, OAuthMetadata, Health, NotFound };
+enum class Route : std::uint8_t { Token, Introspect, Revoke, Jwks, SmartConfiguration, OAuthMetadata, Health, NotFound };
 
 /// The path part of `public_base_url`, e.g. "/smart", or "" at the root.
 std::string basePath(const std::string& publicBaseUrl) {
@@ -54,6 +54,12 @@ struct HttpServer::Impl {
     }
     if (path == "/token") {
       return Route::Token;
+    }
+    if (path == "/introspect") {
+      return Route::Introspect;
+    }
+    if (path == "/revoke") {
+      return Route::Revoke;
     }
     if (path == "/jwks.json") {
       return Route::Jwks;
@@ -112,6 +118,21 @@ struct HttpServer::Impl {
         }
         return endpoints.token.handle(request);
       }
+      case Route::Introspect:
+      case Route::Revoke: {
+        if (request.method == "POST") {
+          if (auto failure = readBody(raw, request)) {
+            return *failure;
+          }
+        }
+        if (r == Route::Introspect && endpoints.introspection != nullptr) {
+          return endpoints.introspection->handle(request);
+        }
+        if (r == Route::Revoke && endpoints.revocation != nullptr) {
+          return endpoints.revocation->handle(request);
+        }
+        break;
+      }
       case Route::Jwks: {
         if (auto refused = getOnly(request.method, true)) {
           return *refused;
@@ -154,17 +175,21 @@ struct HttpServer::Impl {
     if (raw.hasContentLength() && raw.getContentLength64() > static_cast<Poco::Int64>(limit)) {
       return tooLarge();
     }
-    request.body.resize(limit + 1);
+    // Read in chunks into a buffer that grows with what arrives (not a zero-filled buffer of the whole limit),
+    // stopping one byte past the limit.
     std::istream& in = raw.stream();
-    std::size_t got = 0;
-    while (got <= limit && in) {
-      in.read(request.body.data() + got, static_cast<std::streamsize>(limit + 1 - got));
-      got += static_cast<std::size_t>(in.gcount());
+    char chunk[4096];
+    request.body.clear();
+    if (raw.hasContentLength()) {
+      request.body.reserve(static_cast<std::size_t>(raw.getContentLength64()));
     }
-    if (got > limit) {
+    while (request.body.size() <= limit && in) {
+      in.read(chunk, static_cast<std::streamsize>(std::min(sizeof chunk, limit + 1 - request.body.size())));
+      request.body.append(chunk, static_cast<std::size_t>(in.gcount()));
+    }
+    if (request.body.size() > limit) {
       return tooLarge();
     }
-    request.body.resize(got);
     return std::nullopt;
   }
 

@@ -8,7 +8,13 @@
 #include <Poco/Exception.h>
 
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <stop_token>
+#include <thread>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -16,7 +22,13 @@
 #include <string>
 #include <vector>
 
+#include "admin.hpp"
+#include "admin_systems.hpp"
+#include "smartbroker/broker/access_token.hpp"
 #include "smartbroker/broker/client_auth.hpp"
+#include "smartbroker/broker/client_key_source.hpp"
+#include "smartbroker/broker/introspection.hpp"
+#include "smartbroker/broker/token_state.hpp"
 #include "smartbroker/broker/discovery.hpp"
 #include "smartbroker/broker/http_server.hpp"
 #include "smartbroker/broker/log.hpp"
@@ -26,6 +38,7 @@
 #include "smartbroker/broker/token_endpoint.hpp"
 #include "smartbroker/config/config.hpp"
 #include "smartbroker/keyring/keyring.hpp"
+#include "smartbroker/keyring/manager.hpp"
 
 namespace {
 
@@ -34,17 +47,36 @@ namespace sb = smartbroker;
 constexpr const char* kUsage =
     "usage: smart-broker --config FILE        run the broker\n"
     "       smart-broker --check-config FILE  validate FILE, print every problem as file:line: key: problem\n"
+    "       smart-broker systems list|suspend|resume|revoke-tokens|tokens ... --config FILE\n"
+    "       smart-broker keys list|rotate [--now]|retire KID|revoke KID [--force]|export-jwks [--config FILE]\n"
     "       smart-broker --version | --help\n";
+
+/// The broker permission that lets a system introspect tokens (pre-authorize it like a scope).
+const std::string kIntrospectionPermission = "smart-broker:introspect";
 
 sb::config::Validators validators() {
   sb::config::Validators v;
   v.scope = [](const std::string& scope) -> std::optional<std::string> {
+    if (scope == kIntrospectionPermission) {
+      return std::nullopt;
+    }
     if (!sb::broker::parseSystemScope(scope)) {
       return "not a valid system/ scope (SMART v1 .read/.write/.*, v2 .cruds subset in order, optional ?param=value)";
     }
     return std::nullopt;
   };
   return v;
+}
+
+/// One log line per keyring event (rotation steps, problems); never key material.
+void logKeyring(const std::vector<sb::keyring::Event>& events, const std::optional<std::string>& error,
+                const sb::broker::Log& log) {
+  for (const sb::keyring::Event& e : events) {
+    log.event(e.name, {{"kid", e.kid}, {"level", e.warning ? "warning" : "info"}, {"detail", e.detail}});
+  }
+  if (error) {
+    log.event("keyring_error", {{"detail", *error}, {"note", "the keys being served are kept"}});
+  }
 }
 
 std::optional<sb::config::Config> load(const std::string& path, const sb::broker::Log& log, bool toStderr) {
@@ -110,31 +142,68 @@ int run(const std::string& configPath, sigset_t signals) {
       return 1;
     }
     const sb::broker::SystemClock clock;
-    const auto signingAlg = *sb::jwks::algFromName(server.signing_algorithm);
-    auto keySet = sb::keyring::openKeyring(server.state_directory, signingAlg);
-    if (!keySet) {
-      log.event("startup_failed", {{"reason", "keyring"}, {"detail", keySet.error()}});
+    sb::keyring::KeyringOptions keyringOptions;
+    keyringOptions.state_directory = server.state_directory;
+    keyringOptions.policy = sb::broker::keyringPolicy(*config);
+    keyringOptions.now = [&clock] { return clock.now(); };
+    auto kek = sb::broker::keyEncryptionKey(config->keyring, std::getenv("CREDENTIALS_DIRECTORY"));
+    if (!kek) {
+      log.event("startup_failed", {{"reason", "keyring"}, {"detail", kek.error()}});
       return 1;
     }
-    const sb::broker::KeyringHolder keys(std::make_shared<const sb::keyring::KeySet>(std::move(*keySet)));
+    keyringOptions.kek = std::move(*kek);
+    auto keyring = sb::keyring::KeyringManager::open(std::move(keyringOptions));
+    if (!keyring) {
+      log.event("startup_failed", {{"reason", "keyring"}, {"detail", keyring.error()}});
+      return 1;
+    }
+    logKeyring((*keyring)->startupEvents(), std::nullopt, log);
+    sb::broker::KeyringHolder keys((*keyring)->current());
+    // The keyring applies its rotation policy and picks up `smart-broker keys` changes every second, off the request
+    // path; each new snapshot is swapped in atomically.
+    std::jthread keyringTicker([&](const std::stop_token& stop) {
+      (*keyring)->run(stop, [&](const sb::keyring::KeyringManager::Tick& t) {
+        if (t.published) {
+          keys.set(t.published);
+        }
+        logKeyring(t.events, t.error, log);
+      });
+    });
 
     sb::broker::SqliteOptions storeOptions;
     storeOptions.path = server.database_path;
     const auto store = sb::broker::openSqliteStore(storeOptions, clock);
 
-    auto registryValue = std::make_shared<const sb::broker::ClientRegistry>(config->systems);
+    sb::broker::TokenState tokenState;
+    if (!tokenState.sync(*store, clock.now())) {
+      log.event("startup_failed", {{"reason", "store_unavailable"}, {"detail", "cannot read revocations"}});
+      return 1;
+    }
+    auto registryValue =
+        std::make_shared<const sb::broker::ClientRegistry>(config->systems, std::vector{kIntrospectionPermission});
     sb::broker::Snapshot<sb::broker::DiscoveryDocuments> discovery(
         std::make_shared<const sb::broker::DiscoveryDocuments>(
             sb::broker::buildDiscovery(server, registryValue->allAlgorithms())));
     sb::broker::RegistryHolder registry(registryValue);
 
-    sb::broker::InlineKeySource keySource;
+    // Inline keys, or the client's jwks_uri through one cache shared by every endpoint that authenticates.
+    sb::broker::JwksKeySource clientKeys(server.jwks_fetch, log);
+    sb::broker::ClientKeySource& keySource = clientKeys.source();
     sb::broker::AssertionPolicy assertionPolicy;
     assertionPolicy.audience = server.tokenEndpoint();
     assertionPolicy.clock_skew = server.clock_skew.count();
     assertionPolicy.max_lifetime = server.max_assertion_lifetime.count();
     assertionPolicy.max_bytes = server.limits.max_assertion_bytes;
-    const sb::broker::ClientAuthenticator authenticator(assertionPolicy, registry, keySource, clock);
+    const sb::broker::ClientAuthenticator authenticator(assertionPolicy, registry, keySource, clock, &tokenState);
+    // Introspection and revocation callers name their endpoint in aud; the token endpoint URL (the usual
+    // RFC 7523 audience for "this authorization server") is accepted there too.
+    sb::broker::AssertionPolicy introspectPolicy = assertionPolicy;
+    introspectPolicy.audience = server.introspectionEndpoint();
+    introspectPolicy.also_accepted = {server.tokenEndpoint(), server.issuer()};
+    const sb::broker::ClientAuthenticator introspectAuth(introspectPolicy, registry, keySource, clock, &tokenState);
+    sb::broker::AssertionPolicy revokePolicy = introspectPolicy;
+    revokePolicy.audience = server.revocationEndpoint();
+    const sb::broker::ClientAuthenticator revokeAuth(revokePolicy, registry, keySource, clock, &tokenState);
 
     sb::broker::TokenPolicy tokenPolicy;
     tokenPolicy.issuer = server.issuer();
@@ -149,7 +218,36 @@ int run(const std::string& configPath, sigset_t signals) {
     tokenPolicy.form.max_large_value_bytes = server.limits.max_body_bytes;
     const sb::broker::TokenEndpoint token(tokenPolicy, authenticator, *store, keys, clock, log);
 
-    sb::broker::HttpServer http(server, {token, keys, discovery, *store, 300}, log);
+    const sb::broker::AccessTokenVerifier verifier(server.issuer(), keys, clock, server.clock_skew.count());
+    const sb::broker::TokenServices services{verifier, tokenState, registry, *store, clock, log,
+                                             tokenPolicy.form, server.clock_skew.count()};
+    const sb::broker::IntrospectionEndpoint introspection(services, introspectAuth, kIntrospectionPermission);
+    const sb::broker::RevocationEndpoint revocation(services, revokeAuth);
+
+    // Maintenance: follow revocations and suspensions made elsewhere (admin commands, other instances) within
+    // one second, and forget revocations of tokens that have expired.
+    std::jthread maintenance([&](std::stop_token stop) {
+      std::mutex mutex;
+      std::condition_variable_any wake;
+      std::int64_t lastPrune = 0;
+      while (!stop.stop_requested()) {
+        std::unique_lock lock(mutex);
+        wake.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        const std::int64_t now = clock.now();
+        if (!tokenState.sync(*store, now)) {
+          log.event("state_sync_failed", {{"reason", "store_unavailable"}});
+        }
+        if (now - lastPrune >= 60) {
+          tokenState.prune(now);
+          lastPrune = now;
+        }
+      }
+    });
+
+    sb::broker::Endpoints endpoints{token, keys, discovery, *store, (*keyring)->policy().jwks_max_age};
+    endpoints.introspection = &introspection;
+    endpoints.revocation = &revocation;
+    sb::broker::HttpServer http(server, endpoints, log);
     http.start();
     log.event("listening", {{"address", server.listen_address},
                             {"port", std::to_string(http.port())},
@@ -158,16 +256,26 @@ int run(const std::string& configPath, sigset_t signals) {
                             {"kid", keys.get()->active->kid()}});
     sd_notify(0, "READY=1");
 
+    // Under WatchdogSec= the main loop pings at half the interval, and only while the store answers, so a
+    // broker that can no longer record assertions is restarted instead of refusing every request.
+    std::uint64_t watchdogUsec = 0;
+    const bool watchdog = sd_watchdog_enabled(0, &watchdogUsec) > 0 && watchdogUsec > 0;
+    const auto tick = watchdog ? static_cast<long>(watchdogUsec / 2) : 1'000'000'000L * 3600;
     for (;;) {
-      int sig = 0;
-      if (sigwait(&signals, &sig) != 0) {
+      const timespec timeout{tick / 1'000'000, (tick % 1'000'000) * 1000};
+      const int sig = sigtimedwait(&signals, nullptr, &timeout);
+      if (sig < 0) {
+        if (watchdog && store->healthy()) {
+          sd_notify(0, "WATCHDOG=1");
+        }
         continue;
       }
       if (sig == SIGHUP) {
         sd_notify(0, "RELOADING=1");
         // Only the registry reloads; listener, keys and store settings apply at the next start.
         if (auto next = load(configPath, log, false)) {
-          auto nextRegistry = std::make_shared<const sb::broker::ClientRegistry>(next->systems);
+          auto nextRegistry = std::make_shared<const sb::broker::ClientRegistry>(
+              next->systems, std::vector{kIntrospectionPermission});
           discovery.set(std::make_shared<const sb::broker::DiscoveryDocuments>(
               sb::broker::buildDiscovery(server, nextRegistry->allAlgorithms())));
           registry.set(nextRegistry);
@@ -206,6 +314,12 @@ int main(int argc, char** argv) {
   if (args.size() == 1 && args[0] == "--version") {
     std::cout << "smart-broker 0.1.0\n";
     return 0;
+  }
+  if (!args.empty() && args[0] == "keys") {
+    return sb::broker::runKeysCommand({args.begin() + 1, args.end()});
+  }
+  if (!args.empty() && args[0] == "systems") {
+    return sb::broker::runSystemsCommand({args.begin() + 1, args.end()});
   }
   if (args.size() == 2 && args[0] == "--check-config") {
     return checkConfig(args[1]);

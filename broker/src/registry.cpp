@@ -10,7 +10,8 @@ bool Client::allows(jwks::Alg alg) const {
   return std::find(algorithms.begin(), algorithms.end(), alg) != algorithms.end();
 }
 
-ClientRegistry::ClientRegistry(const std::vector<config::System>& systems) {
+ClientRegistry::ClientRegistry(const std::vector<config::System>& systems,
+                               const std::vector<std::string>& permissionNames) {
   for (const config::System& s : systems) {
     auto client = std::make_shared<Client>();
     client->client_id = s.client_id;
@@ -18,6 +19,10 @@ ClientRegistry::ClientRegistry(const std::vector<config::System>& systems) {
     client->enabled = s.enabled;
     client->algorithms = s.algorithms;
     for (const std::string& text : s.scopes) {
+      if (std::find(permissionNames.begin(), permissionNames.end(), text) != permissionNames.end()) {
+        client->permissions.push_back(text);
+        continue;
+      }
       auto scope = parseSystemScope(text);
       if (!scope) {
         // Config validation ran the same parser; reaching this is a bug, not bad input.

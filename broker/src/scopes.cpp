@@ -368,4 +368,19 @@ ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope
   return grant;
 }
 
+bool scopeHas(std::string_view scope, std::string_view word) {
+  std::size_t start = 0;
+  while (start <= scope.size()) {
+    std::size_t end = scope.find(' ', start);
+    if (end == std::string_view::npos) {
+      end = scope.size();
+    }
+    if (scope.substr(start, end - start) == word) {
+      return true;
+    }
+    start = end + 1;
+  }
+  return false;
+}
+
 }  // namespace smartbroker::broker

@@ -1,8 +1,11 @@
 // SQLite (WAL) implementation of StateStore with a group-committing writer thread.
 #include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/SQLite/Utility.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
 #include <Poco/Exception.h>
+
+#include <sqlite3.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -16,15 +19,25 @@
 namespace smartbroker::broker {
 namespace {
 
+using Poco::Data::Keywords::into;
 using Poco::Data::Keywords::now;
 using Poco::Data::Keywords::use;
 
-/// Migrations, applied in order, each once; the same SQL is meant to serve PostgreSQL.
+/// Migrations, applied in order, each once. The SQL is meant to serve PostgreSQL as well, except where noted.
 const char* const kMigrations[] = {
     "CREATE TABLE IF NOT EXISTS replay ("
     " iss TEXT NOT NULL, jti TEXT NOT NULL, expires_at BIGINT NOT NULL,"
     " PRIMARY KEY (iss, jti))",
     "CREATE INDEX IF NOT EXISTS replay_expires_at ON replay (expires_at)",
+    "CREATE TABLE IF NOT EXISTS tokens ("
+    " jti TEXT PRIMARY KEY, client_id TEXT NOT NULL, scope TEXT NOT NULL,"
+    " iat BIGINT NOT NULL, exp BIGINT NOT NULL, kid TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS tokens_client_iat ON tokens (client_id, iat)",
+    // AUTOINCREMENT (PostgreSQL: an identity column): ids never repeat, so mirrors can follow by cursor.
+    "CREATE TABLE IF NOT EXISTS revocations ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, jti TEXT NOT NULL UNIQUE, client_id TEXT NOT NULL, exp BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS system_state ("
+    " client_id TEXT PRIMARY KEY, suspended INTEGER NOT NULL DEFAULT 0, revoked_before BIGINT NOT NULL DEFAULT 0)",
 };
 
 /// First use wins; a row whose assertion has expired may be taken over by a new assertion with that jti
@@ -33,15 +46,84 @@ constexpr const char* kRecordJti =
     "INSERT INTO replay (iss, jti, expires_at) VALUES ($1, $2, $3)"
     " ON CONFLICT (iss, jti) DO UPDATE SET expires_at = excluded.expires_at"
     " WHERE replay.expires_at < $4";
+constexpr const char* kRecordToken =
+    "INSERT INTO tokens (jti, client_id, scope, iat, exp, kid) VALUES ($1, $2, $3, $4, $5, $6)";
+
+constexpr std::size_t kOpenTimeoutSeconds = 1;
+/// Token records are kept this long after they expire, for audit and `tokens` listings.
+constexpr std::int64_t kTokenRetentionSeconds = 24 * 3600;
+
+/// A statement compiled once and re-run with new bindings. POCO's Statement recompiles its SQL on every
+/// execute(), which cost the writer a sqlite3_prepare per replay record; the two hot inserts use the
+/// connection's handle directly instead.
+class Prepared {
+ public:
+  Prepared(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK) {
+      throw std::runtime_error(std::string("prepare failed: ") + sqlite3_errmsg(db));
+    }
+  }
+  ~Prepared() { sqlite3_finalize(stmt_); }
+  Prepared(const Prepared&) = delete;
+  Prepared& operator=(const Prepared&) = delete;
+
+  Prepared& text(int index, const std::string& value) {
+    check(sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC));
+    return *this;
+  }
+  Prepared& integer(int index, std::int64_t value) {
+    check(sqlite3_bind_int64(stmt_, index, value));
+    return *this;
+  }
+  /// Runs the statement; returns the number of rows it changed.
+  int run() {
+    const int rc = sqlite3_step(stmt_);
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+    if (rc != SQLITE_DONE) {
+      throw std::runtime_error(std::string("statement failed: ") + sqlite3_errmsg(db_));
+    }
+    return sqlite3_changes(db_);
+  }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) {
+      throw std::runtime_error(std::string("bind failed: ") + sqlite3_errmsg(db_));
+    }
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+enum class Op : std::uint8_t { RecordJti, RevokeToken, SetSuspended, RevokeAll };
+
+/// One write waiting for the writer thread. Lives on the caller's stack until `done`.
+struct Pending {
+  Op op = Op::RecordJti;
+  std::string a;   ///< iss / jti / client_id
+  std::string b;   ///< jti / client_id
+  std::int64_t n = 0;  ///< expires_at / exp / suspended / before
+  const IssuedToken* issued = nullptr;
+  JtiOutcome outcome = JtiOutcome::Replayed;
+  std::string error;
+  bool done = false;
+};
 
 class SqliteStore final : public StateStore {
  public:
   SqliteStore(const SqliteOptions& options, const Clock& clock)
-      : options_(options), clock_(clock), session_("SQLite", options.path) {
-    // WAL lets readers (other tools, a later introspection path) proceed while the writer commits.
+      // POCO retries a failed open every 10 ms until the login timeout (default 60 s); a local file that
+      // cannot be opened will not become openable, so fail after one second instead of stalling startup.
+      : options_(options),
+        clock_(clock),
+        session_("SQLite", options.path, kOpenTimeoutSeconds),
+        reader_("SQLite", options.path, kOpenTimeoutSeconds) {
+    // WAL lets the reader session (and admin commands in other processes) read while the writer commits.
     session_ << "PRAGMA journal_mode=WAL", now;
     session_ << (options.fsync_commits ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"), now;
     session_ << "PRAGMA busy_timeout=5000", now;
+    reader_ << "PRAGMA busy_timeout=5000", now;
     migrate();
     writer_ = std::thread([this] { run(); });
   }
@@ -55,41 +137,123 @@ class SqliteStore final : public StateStore {
     writer_.join();
   }
 
-  std::expected<JtiOutcome, StoreError> recordJti(std::string_view iss, std::string_view jti,
-                                                  std::int64_t expiresAt) override {
-    Pending request;
-    request.iss = iss;
-    request.jti = jti;
-    request.expires_at = expiresAt;
-    std::unique_lock lock(mutex_);
-    if (stopping_) {
-      return std::unexpected(StoreError{"store is shutting down"});
+  std::expected<JtiOutcome, StoreError> recordJti(std::string_view iss, std::string_view jti, std::int64_t expiresAt,
+                                                  const IssuedToken* issued) override {
+    Pending p;
+    p.op = Op::RecordJti;
+    p.a = iss;
+    p.b = jti;
+    p.n = expiresAt;
+    p.issued = issued;
+    if (auto ok = submit(p); !ok) {
+      return std::unexpected(ok.error());
     }
-    queue_.push_back(&request);
-    wake_.notify_one();
-    done_.wait(lock, [&] { return request.done; });
-    if (!request.error.empty()) {
-      return std::unexpected(StoreError{request.error});
+    return p.outcome;
+  }
+
+  std::expected<void, StoreError> revokeToken(std::string_view jti, std::string_view clientId,
+                                              std::int64_t exp) override {
+    Pending p;
+    p.op = Op::RevokeToken;
+    p.a = jti;
+    p.b = clientId;
+    p.n = exp;
+    return submit(p);
+  }
+
+  std::expected<void, StoreError> setSuspended(std::string_view clientId, bool suspended) override {
+    Pending p;
+    p.op = Op::SetSuspended;
+    p.a = clientId;
+    p.n = suspended ? 1 : 0;
+    return submit(p);
+  }
+
+  std::expected<void, StoreError> revokeAllTokens(std::string_view clientId, std::int64_t before) override {
+    Pending p;
+    p.op = Op::RevokeAll;
+    p.a = clientId;
+    p.n = before;
+    return submit(p);
+  }
+
+  std::expected<std::vector<IssuedToken>, StoreError> recentTokens(std::string_view clientId, std::size_t limit,
+                                                                   std::int64_t nowSeconds) override {
+    std::vector<std::string> jtis;
+    std::vector<std::string> scopes;
+    std::vector<Poco::Int64> iats;
+    std::vector<Poco::Int64> exps;
+    std::vector<std::string> kids;
+    std::string client(clientId);
+    Poco::Int64 at = nowSeconds;
+    auto max = static_cast<Poco::Int64>(limit);
+    try {
+      std::lock_guard lock(readerMutex_);
+      reader_ << "SELECT jti, scope, iat, exp, kid FROM tokens WHERE client_id = $1 AND exp > $2"
+                 " ORDER BY iat DESC LIMIT $3",
+          into(jtis), into(scopes), into(iats), into(exps), into(kids), use(client), use(at), use(max), now;
+    } catch (const Poco::Exception& e) {
+      return std::unexpected(StoreError{e.displayText()});
     }
-    return request.outcome;
+    std::vector<IssuedToken> out;
+    for (std::size_t i = 0; i < jtis.size(); ++i) {
+      out.push_back({jtis[i], client, scopes[i], iats[i], exps[i], kids[i]});
+    }
+    return out;
+  }
+
+  std::expected<StateChanges, StoreError> changesSince(std::int64_t cursor, std::int64_t nowSeconds) override {
+    StateChanges changes;
+    changes.cursor = cursor;
+    std::vector<Poco::Int64> ids;
+    std::vector<std::string> jtis;
+    std::vector<std::string> clients;
+    std::vector<Poco::Int64> exps;
+    std::vector<std::string> stateClients;
+    std::vector<int> suspended;
+    std::vector<Poco::Int64> before;
+    Poco::Int64 from = cursor;
+    Poco::Int64 at = nowSeconds;
+    try {
+      std::lock_guard lock(readerMutex_);
+      reader_ << "SELECT id, jti, client_id, exp FROM revocations WHERE id > $1 AND exp >= $2 ORDER BY id",
+          into(ids), into(jtis), into(clients), into(exps), use(from), use(at), now;
+      reader_ << "SELECT client_id, suspended, revoked_before FROM system_state", into(stateClients),
+          into(suspended), into(before), now;
+    } catch (const Poco::Exception& e) {
+      return std::unexpected(StoreError{e.displayText()});
+    }
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      changes.revocations.push_back({ids[i], jtis[i], clients[i], exps[i]});
+      changes.cursor = std::max<std::int64_t>(changes.cursor, ids[i]);
+    }
+    for (std::size_t i = 0; i < stateClients.size(); ++i) {
+      changes.systems[stateClients[i]] = SystemState{suspended[i] != 0, before[i]};
+    }
+    return changes;
   }
 
   bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
 
  private:
-  struct Pending {
-    std::string iss;
-    std::string jti;
-    std::int64_t expires_at = 0;
-    JtiOutcome outcome = JtiOutcome::Replayed;
-    std::string error;
-    bool done = false;
-  };
+  std::expected<void, StoreError> submit(Pending& p) {
+    std::unique_lock lock(mutex_);
+    if (stopping_) {
+      return std::unexpected(StoreError{"store is shutting down"});
+    }
+    queue_.push_back(&p);
+    wake_.notify_one();
+    done_.wait(lock, [&] { return p.done; });
+    if (!p.error.empty()) {
+      return std::unexpected(StoreError{p.error});
+    }
+    return {};
+  }
 
   void migrate() {
     session_ << "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", now;
     int version = 0;
-    session_ << "SELECT COALESCE(MAX(version), 0) FROM schema_version", Poco::Data::Keywords::into(version), now;
+    session_ << "SELECT COALESCE(MAX(version), 0) FROM schema_version", into(version), now;
     const int target = static_cast<int>(std::size(kMigrations));
     for (int v = version; v < target; ++v) {
       session_.begin();
@@ -102,12 +266,10 @@ class SqliteStore final : public StateStore {
 
   /// The writer: takes every waiting request, commits them in one transaction, wakes their threads.
   void run() {
-    std::string iss;
-    std::string jti;
-    Poco::Int64 expiresAt = 0;
     Poco::Int64 nowSeconds = 0;
-    Poco::Data::Statement insert(session_);
-    insert << kRecordJti, use(iss), use(jti), use(expiresAt), use(nowSeconds);
+    sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(session_);
+    Prepared insert(db, kRecordJti);
+    Prepared insertToken(db, kRecordToken);
     std::int64_t lastPrune = 0;
 
     std::vector<Pending*> batch;
@@ -127,11 +289,36 @@ class SqliteStore final : public StateStore {
         nowSeconds = clock_.now();
         session_.begin();
         for (std::size_t i = 0; i < batch.size(); ++i) {
-          iss = batch[i]->iss;
-          jti = batch[i]->jti;
-          expiresAt = batch[i]->expires_at;
-          const std::size_t changed = insert.execute();
-          outcomes[i] = changed == 1 ? JtiOutcome::Recorded : JtiOutcome::Replayed;
+          Pending& p = *batch[i];
+          switch (p.op) {
+            case Op::RecordJti:
+              outcomes[i] = insert.text(1, p.a).text(2, p.b).integer(3, p.n).integer(4, nowSeconds).run() == 1
+                                ? JtiOutcome::Recorded
+                                : JtiOutcome::Replayed;
+              if (outcomes[i] == JtiOutcome::Recorded && p.issued != nullptr) {
+                const IssuedToken& t = *p.issued;
+                insertToken.text(1, t.jti).text(2, t.client_id).text(3, t.scope).integer(4, t.iat).integer(5, t.exp)
+                    .text(6, t.kid)
+                    .run();
+              }
+              break;
+            case Op::RevokeToken:
+              session_ << "INSERT INTO revocations (jti, client_id, exp) VALUES ($1, $2, $3)"
+                          " ON CONFLICT (jti) DO NOTHING",
+                  use(p.a), use(p.b), use(p.n), now;
+              break;
+            case Op::SetSuspended:
+              session_ << "INSERT INTO system_state (client_id, suspended, revoked_before) VALUES ($1, $2, 0)"
+                          " ON CONFLICT (client_id) DO UPDATE SET suspended = excluded.suspended",
+                  use(p.a), use(p.n), now;
+              break;
+            case Op::RevokeAll:
+              session_ << "INSERT INTO system_state (client_id, suspended, revoked_before) VALUES ($1, 0, $2)"
+                          " ON CONFLICT (client_id) DO UPDATE SET revoked_before = excluded.revoked_before"
+                          " WHERE system_state.revoked_before < excluded.revoked_before",
+                  use(p.a), use(p.n), now;
+              break;
+          }
         }
         session_.commit();
         healthy_.store(true, std::memory_order_relaxed);
@@ -167,7 +354,10 @@ class SqliteStore final : public StateStore {
 
   void prune(Poco::Int64 nowSeconds) {
     try {
+      Poco::Int64 tokensBefore = nowSeconds - kTokenRetentionSeconds;
       session_ << "DELETE FROM replay WHERE expires_at < $1", use(nowSeconds), now;
+      session_ << "DELETE FROM revocations WHERE exp < $1", use(nowSeconds), now;
+      session_ << "DELETE FROM tokens WHERE exp < $1", use(tokensBefore), now;
     } catch (const Poco::Exception&) {
       // Pruning is housekeeping; the next round tries again.
     }
@@ -176,6 +366,8 @@ class SqliteStore final : public StateStore {
   SqliteOptions options_;
   const Clock& clock_;
   Poco::Data::Session session_;
+  Poco::Data::Session reader_;
+  std::mutex readerMutex_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;

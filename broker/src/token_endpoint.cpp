@@ -104,13 +104,16 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
     return deny({DenyReason::ScopeMissing, {}, client.client_id});
   }
   const ScopeGrant grant = grantScopes(*tokenRequest->scope, client.scopes, policy_.max_scope_count);
-  if (grant.granted.empty()) {
-    return deny({DenyReason::NoScopeGranted, std::string(tokenRequest->scope->substr(0, 256)), client.client_id});
+  // Broker permissions (the introspection permission) are granted only by exact name, when pre-authorized.
+  std::string scope = grant.scopeString();
+  for (const std::string& permission : client.permissions) {
+    if (scopeHas(*tokenRequest->scope, permission)) {
+      scope += scope.empty() ? "" : " ";
+      scope += permission;
+    }
   }
-
-  // The jti is recorded last: a request refused for any other reason leaves the assertion unspent.
-  if (auto spent = consumeJti(store_, *verified, auth_.policy().clock_skew); !spent) {
-    return deny(spent.error());
+  if (scope.empty()) {
+    return deny({DenyReason::NoScopeGranted, std::string(tokenRequest->scope->substr(0, 256)), client.client_id});
   }
 
   const auto keys = keys_.get();
@@ -118,7 +121,13 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
       std::min(policy_.max_lifetime, client.token_lifetime ? client.token_lifetime->count() : policy_.default_lifetime);
   const std::int64_t iat = clock_.now();
   const std::string jti = randomId();
-  const std::string scope = grant.scopeString();
+  const IssuedToken issued{jti, client.client_id, scope, iat, iat + lifetime, keys->active->kid()};
+
+  // The jti is recorded last: a request refused for any other reason leaves the assertion unspent. The issued
+  // token's record goes into the same transaction.
+  if (auto spent = consumeJti(store_, *verified, auth_.policy().clock_skew, &issued); !spent) {
+    return deny(spent.error());
+  }
 
   // RFC 9068 §2.2: iss, exp, aud, sub, client_id, iat, jti; plus scope (§2.2.3).
   std::string claims;

@@ -18,7 +18,8 @@
 //     state_directory: /var/lib/smart-broker          # required, non-empty path
 //     database_path: /var/lib/smart-broker/smart-broker.db
 //                                        # optional; default <state_directory>/smart-broker.db
-//     signing_algorithm: ES256           # ES256 | RS256; default ES256
+//     signing_algorithm: ES256           # deprecated: use keyring.algorithm (ES256 | RS256 here); when both are
+//                                        # set they must agree
 //     threads: 0                         # 0..1024 (0 = 2 x cores, at least 4); default 0
 //     max_queued: 256                    # 1..65535; default 256
 //     keep_alive_timeout: 15             # seconds, 1..300; default 15
@@ -28,9 +29,36 @@
 //       max_param_bytes: 8192            # 1..max_body_bytes
 //       max_assertion_bytes: 8192        # 1..max_param_bytes
 //       max_scope_count: 64              # 1..1024
+//     jwks_fetch:                        # optional map; every member optional (README "Client keys by URL")
+//       allow_http_loopback: false       # true | false; true lets jwks_uri use plain http to 127.0.0.1, ::1 or
+//                                        # localhost (development and tests only); default false
+//       connect_timeout: 3               # seconds, 1..60: TCP connect plus TLS handshake
+//       read_timeout: 5                  # seconds, 1..60: the whole response after the request is sent
+//       max_response_bytes: 65536        # 1024..524288: larger bodies are a fetch failure
+//       max_cache_lifetime: 3600         # seconds, 0..86400: ceiling on any Cache-Control/Expires lifetime
+//       default_cache_lifetime: 0        # seconds, 0..max_cache_lifetime: for responses with neither max-age
+//                                        # nor Expires (0 = not cached)
+//       kid_miss_cooldown: 30            # seconds, 1..3600: at most one refetch per URL per cooldown on an
+//                                        # unknown kid; failed fetches are remembered this long
+//       serve_stale: 0                   # seconds, 0..86400: keep using an expired set this long while its URL
+//                                        # is unreachable (0 = never; see README)
 //     tls:                               # optional map; when present both members are required
 //       certificate_file: /etc/smart-broker/tls.crt
 //       private_key_file: /etc/smart-broker/tls.key
+//   keyring:                             # optional map; every member optional (README "Signing keys and rotation")
+//     algorithm: ES256                   # ES256 | RS256 | ES384; default server.signing_algorithm, else ES256
+//     rotation_period: 2592000           # seconds, 0 (rotate only by command) or 2..315360000; default 30 days
+//     lead_time: 86400                   # seconds, 1..31536000, below rotation_period: a key is published this long
+//                                        # before it signs; default min(86400, rotation_period / 2)
+//     jwks_max_age: 3600                 # seconds, 1..86400, at most lead_time: Cache-Control max-age of
+//                                        # /jwks.json; default min(3600, lead_time / 2), at least 1
+//     retirement_grace: 3600             # seconds, 0..2592000: a retired key stays published max_token_lifetime +
+//                                        # clock_skew + this after its last signature; default 3600
+//     kek_file: /etc/smart-broker/keyring.kek
+//                                        # optional: key-encryption key (32 raw bytes or 64 hex characters, mode
+//                                        # at most 0600) sealing private keys at rest with AES-256-GCM
+//     kek_credential: keyring-kek        # optional, instead of kek_file: a systemd credential name
+//                                        # (LoadCredential=), read from $CREDENTIALS_DIRECTORY/<name>
 //   systems:                             # optional list (absent, empty or null = no systems)
 //     - client_id: bulk-exporter         # required, unique; 1..255 printable ASCII without space, '"' or '\'
 //       name: Bulk exporter              # optional, non-empty; default = client_id
@@ -44,7 +72,8 @@
 //       jwks_file: keys/bulk-exporter.jwks.json                # a JSON JWK Set file, at most 512 KiB
 //       jwks_uri: https://client.example.org/.well-known/jwks.json
 //                                        # https URL; plain http only for the loopback hosts 127.0.0.1, ::1
-//                                        # and localhost; no userinfo or fragment
+//                                        # and localhost, and only with server.jwks_fetch.allow_http_loopback;
+//                                        # no userinfo or fragment
 //
 // Value rules: integers and durations are plain decimal integers (durations in seconds): "30s", 1.5, true and
 // quoted "30" are refused. Booleans are exactly true or false. Strings are any scalar (an empty value or ~ is
@@ -425,10 +454,11 @@ class Loader {
 
     Config config;
     config.source = file_;
-    if (auto fields = fieldsOf(Item{root, lineOf(root, 1), ""}, {"server", "systems"})) {
+    if (auto fields = fieldsOf(Item{root, lineOf(root, 1), ""}, {"server", "keyring", "systems"})) {
       if (auto server = required(*fields, "server")) {
         parseServer(*server, config.server);
       }
+      parseKeyring(fields->get("keyring"), config.server, config.keyring);
       if (auto systems = fields->get("systems")) {
         parseSystems(*systems, config.server, config.systems);
       }
@@ -588,7 +618,7 @@ class Loader {
     const auto fields = fieldsOf(item, {"listen_address", "port", "public_base_url", "audiences", "token_lifetime",
                                         "max_token_lifetime", "clock_skew", "max_assertion_lifetime",
                                         "state_directory", "database_path", "signing_algorithm", "threads",
-                                        "max_queued", "keep_alive_timeout", "limits", "tls"});
+                                        "max_queued", "keep_alive_timeout", "limits", "jwks_fetch", "tls"});
     if (!fields) {
       return;
     }
@@ -671,6 +701,7 @@ class Loader {
       if (const auto alg = text(*v)) {
         if (*alg == "ES256" || *alg == "RS256") {
           server.signing_algorithm = *alg;
+          signingAlgorithmLine_ = v->line;
         } else {
           problem(v->line, v->key, "must be ES256 or RS256");
         }
@@ -694,8 +725,164 @@ class Loader {
     if (const auto v = fields->get("limits")) {
       parseLimits(*v, server.limits);
     }
+    if (const auto v = fields->get("jwks_fetch")) {
+      parseJwksFetch(*v, server.jwks_fetch);
+    }
     if (const auto v = fields->get("tls")) {
       parseTls(*v, server.tls);
+    }
+  }
+
+  void parseJwksFetch(const Item& item, JwksFetch& fetch) {
+    const auto fields = fieldsOf(item, {"allow_http_loopback", "connect_timeout", "read_timeout", "max_response_bytes",
+                                        "max_cache_lifetime", "default_cache_lifetime", "kid_miss_cooldown",
+                                        "serve_stale"});
+    if (!fields) {
+      return;
+    }
+    if (const auto v = fields->get("allow_http_loopback")) {
+      if (const auto allow = boolean(*v)) {
+        fetch.allow_http_loopback = *allow;
+      }
+    }
+    if (const auto v = fields->get("connect_timeout")) {
+      if (const auto seconds = integerIn(*v, 1, 60, true)) {
+        fetch.connect_timeout = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("read_timeout")) {
+      if (const auto seconds = integerIn(*v, 1, 60, true)) {
+        fetch.read_timeout = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("max_response_bytes")) {
+      // The upper bound is what jwks::parseJwkSet accepts at all; the lower one fits a single RSA-8192 key.
+      if (const auto n = integerIn(*v, 1024, static_cast<std::int64_t>(kMaxJwksBytes), false)) {
+        fetch.max_response_bytes = static_cast<std::size_t>(*n);
+      }
+    }
+    bool ceilingValid = true;
+    if (const auto v = fields->get("max_cache_lifetime")) {
+      const auto seconds = integerIn(*v, 0, 86400, true);
+      ceilingValid = seconds.has_value();
+      if (seconds) {
+        fetch.max_cache_lifetime = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("default_cache_lifetime")) {
+      const std::int64_t hi = ceilingValid ? fetch.max_cache_lifetime.count() : 86400;
+      if (const auto seconds =
+              integerIn(*v, 0, hi, true, ceilingValid ? " (server.jwks_fetch.max_cache_lifetime)" : "")) {
+        fetch.default_cache_lifetime = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("kid_miss_cooldown")) {
+      // Why: at least 1 s, so that unknown kids sent by anyone cannot turn into one outbound fetch per request.
+      if (const auto seconds = integerIn(*v, 1, 3600, true)) {
+        fetch.kid_miss_cooldown = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("serve_stale")) {
+      if (const auto seconds = integerIn(*v, 0, 86400, true)) {
+        fetch.serve_stale = Seconds{*seconds};
+      }
+    }
+  }
+
+  /// `keyring:` (absent = defaults). Called after parseServer: server.signing_algorithm is its deprecated alias.
+  void parseKeyring(const std::optional<Item>& item, Server& server, Keyring& keyring) {
+    std::optional<Fields> fields;
+    if (item) {
+      fields = fieldsOf(*item, {"algorithm", "rotation_period", "lead_time", "jwks_max_age", "retirement_grace",
+                                "kek_file", "kek_credential"});
+      if (!fields) {
+        return;
+      }
+    }
+    auto get = [&](std::string_view name) { return fields ? fields->get(name) : std::nullopt; };
+    if (signingAlgorithmLine_) {
+      keyring.algorithm = *jwks::algFromName(server.signing_algorithm);
+    }
+    if (const auto v = get("algorithm")) {
+      if (const auto name = text(*v)) {
+        const auto alg = jwks::algFromName(*name);
+        // ES384 is signed with OpenSSL directly (POCO's ES384 signatures are sometimes invalid, POCO-NOTES.md).
+        if (!alg || *alg == jwks::Alg::RS384) {
+          problem(v->line, v->key, "must be ES256, RS256 or ES384");
+        } else if (signingAlgorithmLine_ && *alg != keyring.algorithm) {
+          problem(v->line, v->key,
+                  "conflicts with server.signing_algorithm (line " + std::to_string(*signingAlgorithmLine_) +
+                      "); remove the deprecated server.signing_algorithm");
+        } else {
+          keyring.algorithm = *alg;
+        }
+      }
+    }
+    server.signing_algorithm = std::string(jwks::algName(keyring.algorithm));
+
+    constexpr std::int64_t kDay = 86400;
+    bool periodValid = true;
+    if (const auto v = get("rotation_period")) {
+      const auto seconds = integerIn(*v, 0, 3650 * kDay, true);
+      periodValid = seconds.has_value();
+      if (seconds && *seconds == 1) {
+        problem(v->line, v->key, "must be 0 (rotate only by command) or at least 2 seconds");
+        periodValid = false;
+      } else if (seconds) {
+        keyring.rotation_period = Seconds{*seconds};
+      }
+    }
+    const std::int64_t period = keyring.rotation_period.count();
+    bool leadValid = periodValid;
+    if (const auto v = get("lead_time")) {
+      // Why: the successor must be published for the whole lead time within the period of the key it replaces.
+      const std::int64_t hi = periodValid && period > 0 ? std::min(365 * kDay, period - 1) : 365 * kDay;
+      const bool bounded = periodValid && period > 0;
+      const auto seconds = integerIn(*v, 1, hi, true, bounded ? " (below keyring.rotation_period)" : "");
+      leadValid = seconds.has_value();
+      if (seconds) {
+        keyring.lead_time = Seconds{*seconds};
+      }
+    } else {
+      keyring.lead_time = Seconds{period > 0 ? std::max<std::int64_t>(1, std::min(kDay, period / 2)) : kDay};
+    }
+    if (const auto v = get("jwks_max_age")) {
+      // Why (Hydra #2535): a resource server may serve its cached JWKS for max-age; a key that signs before every
+      // such copy has expired produces tokens that resource server rejects.
+      const std::int64_t hi = leadValid ? std::min(kDay, keyring.lead_time.count()) : kDay;
+      if (const auto seconds = integerIn(*v, 1, hi, true, leadValid ? " (at most keyring.lead_time)" : "")) {
+        keyring.jwks_max_age = Seconds{*seconds};
+      }
+    } else {
+      const std::int64_t half = keyring.lead_time.count() / 2;
+      keyring.jwks_max_age = Seconds{std::max<std::int64_t>(1, std::min<std::int64_t>(3600, half))};
+    }
+    if (const auto v = get("retirement_grace")) {
+      if (const auto seconds = integerIn(*v, 0, 30 * kDay, true)) {
+        keyring.retirement_grace = Seconds{*seconds};
+      }
+    }
+    const auto kekFile = get("kek_file");
+    const auto kekCredential = get("kek_credential");
+    if (kekFile && kekCredential) {
+      const Item& later = kekFile->line > kekCredential->line ? *kekFile : *kekCredential;
+      problem(later.line, later.key, "set at most one of kek_file and kek_credential");
+    } else if (kekFile) {
+      // Existence is not checked here: the file may be readable only by the service user.
+      keyring.kek_file = pathValue(*kekFile).value_or("");
+    } else if (kekCredential) {
+      if (const auto name = nonEmptyText(*kekCredential)) {
+        const bool valid = name->size() <= 255 && *name != "." && *name != ".." &&
+                           std::ranges::all_of(*name, [](char c) {
+                             return isAsciiAlnum(c) || c == '-' || c == '_' || c == '.' || c == '@' || c == ':';
+                           });
+        if (valid) {
+          keyring.kek_credential = *name;
+        } else {
+          problem(kekCredential->line, kekCredential->key,
+                  "must be a systemd credential name: letters, digits and - _ . @ : (no /)");
+        }
+      }
     }
   }
 
@@ -862,7 +1049,7 @@ class Loader {
         system.token_lifetime = Seconds{*seconds};
       }
     }
-    parseKeys(*fields, system);
+    parseKeys(*fields, server, system);
     return system;
   }
 
@@ -933,7 +1120,7 @@ class Loader {
     }
   }
 
-  void parseKeys(const Fields& fields, System& system) {
+  void parseKeys(const Fields& fields, const Server& server, System& system) {
     // Pointers, not Items: assigning a YAML::Node (as sorting would) rewrites the node it refers to.
     std::vector<std::pair<std::string_view, const Item*>> present;
     for (const std::string_view source : {"jwks", "jwks_file", "jwks_uri"}) {
@@ -960,7 +1147,7 @@ class Loader {
       } else if (source == "jwks_file") {
         parseJwksFile(item, system);
       } else {
-        parseJwksUri(item, system);
+        parseJwksUri(item, server, system);
       }
     }
   }
@@ -1008,7 +1195,7 @@ class Loader {
     system.jwks = std::move(parsed->set);
   }
 
-  void parseJwksUri(const Item& item, System& system) {
+  void parseJwksUri(const Item& item, const Server& server, System& system) {
     const auto uri = nonEmptyText(item);
     if (!uri) {
       return;
@@ -1018,10 +1205,16 @@ class Loader {
       problem(item.line, item.key, parsed.error());
       return;
     }
-    // Why: keys fetched over plain http could be replaced in transit; loopback is for development and tests.
+    // Why: keys fetched over plain http could be replaced in transit; loopback is for development and tests,
+    // and even that only when the operator opted in, so that a production file never silently accepts http.
     const bool loopback = parsed->host == "127.0.0.1" || parsed->host == "::1" || parsed->host == "localhost";
     if (!parsed->https && !loopback) {
       problem(item.line, item.key, "must be an https URL (http only for loopback hosts 127.0.0.1, ::1, localhost)");
+      return;
+    }
+    if (!parsed->https && !server.jwks_fetch.allow_http_loopback) {
+      problem(item.line, item.key,
+              "plain http (even to a loopback host) needs server.jwks_fetch.allow_http_loopback: true");
       return;
     }
     system.jwks_uri = *uri;
@@ -1031,6 +1224,7 @@ class Loader {
   fs::path baseDir_;
   const Validators& validators_;
   std::vector<Problem> problems_;
+  std::optional<int> signingAlgorithmLine_;  ///< line of server.signing_algorithm, when set (keyring follows it)
 };
 
 /// The directory relative paths resolve against: that of `source`, made absolute so that a later chdir is harmless.

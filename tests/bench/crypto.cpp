@@ -78,24 +78,29 @@ std::string derToRaw(std::string_view der, std::size_t half) {
 
 std::string b64(std::string_view s) { return jwks::base64urlEncode(s); }
 
-/// Runs `op` repeatedly for about `seconds` on the calling thread; returns operations per wall-clock second.
+/// Runs `op` in three windows of about `seconds` / 3 each on the calling thread and returns the best
+/// window's operations per wall-clock second: on a shared VM interference only ever slows a window down.
 template <typename Op>
 double rate(double seconds, Op op) {
   for (int i = 0; i < 20; ++i) {  // warm caches and lazy provider fetches
     op();
   }
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = start + std::chrono::duration<double>(seconds);
-  std::uint64_t n = 0;
-  auto now = start;
-  while (now < deadline) {
-    for (int i = 0; i < 10; ++i) {
-      op();
+  double best = 0;
+  for (int window = 0; window < 3; ++window) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + std::chrono::duration<double>(seconds / 3);
+    std::uint64_t n = 0;
+    auto now = start;
+    while (now < deadline) {
+      for (int i = 0; i < 10; ++i) {
+        op();
+      }
+      n += 10;
+      now = std::chrono::steady_clock::now();
     }
-    n += 10;
-    now = std::chrono::steady_clock::now();
+    best = std::max(best, static_cast<double>(n) / std::chrono::duration<double>(now - start).count());
   }
-  return static_cast<double>(n) / std::chrono::duration<double>(now - start).count();
+  return best;
 }
 
 PkeyPtr generateP256() {

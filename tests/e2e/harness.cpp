@@ -123,6 +123,10 @@ const char* Broker::standardSystems() {
       - system/Condition.rs?category=problem-list-item
       - system/Encounter.cruds
     jwks_file: @DATA@/keys/rs384-client.jwks.json
+  - client_id: resource-server
+    algorithms: [RS384]
+    scopes: [smart-broker:introspect]
+    jwks_file: @DATA@/keys/other-client.jwks.json
   - client_id: short-lived-client
     algorithms: [RS384]
     scopes: [system/*.rs]
@@ -343,6 +347,7 @@ Jose::~Jose() {
 }
 
 Json Jose::call(const Json& command) {
+  std::lock_guard lock(mutex_);
   std::ostringstream line;
   Poco::JSON::Stringifier::stringify(command, line);
   std::string text = line.str() + "\n";

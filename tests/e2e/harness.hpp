@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -101,6 +102,7 @@ class Jose {
   int to_ = -1;
   int from_ = -1;
   std::string buffer_;
+  std::mutex mutex_;  ///< one command and its answer at a time: tests call from several threads
 };
 
 /// The shared jose helper of this test process.

@@ -128,6 +128,15 @@ server:
   tls:
     certificate_file: /etc/smart-broker/tls.crt
     private_key_file: tls/key.pem
+  jwks_fetch:
+    allow_http_loopback: true
+    connect_timeout: 2
+    read_timeout: 4
+    max_response_bytes: 32768
+    max_cache_lifetime: 600
+    default_cache_lifetime: 60
+    kid_miss_cooldown: 10
+    serve_stale: 120
 systems:
   - client_id: bulk-exporter
     name: Bulk exporter
@@ -182,6 +191,14 @@ systems:
   BOOST_TEST(s.tls->private_key_file == kData + "/tls/key.pem");
   BOOST_TEST(s.tokenEndpoint() == "https://auth.example.org/smart/token");
   BOOST_TEST(s.issuer() == "https://auth.example.org/smart");
+  BOOST_TEST(s.jwks_fetch.allow_http_loopback);
+  BOOST_TEST(s.jwks_fetch.connect_timeout.count() == 2);
+  BOOST_TEST(s.jwks_fetch.read_timeout.count() == 4);
+  BOOST_TEST(s.jwks_fetch.max_response_bytes == 32768U);
+  BOOST_TEST(s.jwks_fetch.max_cache_lifetime.count() == 600);
+  BOOST_TEST(s.jwks_fetch.default_cache_lifetime.count() == 60);
+  BOOST_TEST(s.jwks_fetch.kid_miss_cooldown.count() == 10);
+  BOOST_TEST(s.jwks_fetch.serve_stale.count() == 120);
 
   BOOST_TEST_REQUIRE(config.systems.size() == 4U);
   const auto& bulk = config.systems[0];
@@ -198,7 +215,7 @@ systems:
   BOOST_TEST_REQUIRE(bulk.jwks->keys.size() == 1U);
   BOOST_TEST(bulk.jwks->keys[0].kid == "rs384-client");
   BOOST_TEST(bulk.jwks->keys[0].bits == 2048);
-  BOOST_TEST(bulk.line == 29);
+  BOOST_TEST(bulk.line == 38);
 
   const auto& ec = config.systems[1];
   BOOST_TEST(ec.client_id == "ec-client");
@@ -209,7 +226,7 @@ systems:
   BOOST_TEST_REQUIRE(ec.jwks.has_value());
   BOOST_TEST_REQUIRE(ec.jwks->keys.size() == 1U);
   BOOST_TEST(ec.jwks->keys[0].kid == "es384-client");
-  BOOST_TEST(ec.line == 43);
+  BOOST_TEST(ec.line == 52);
 
   BOOST_TEST(!config.systems[2].jwks.has_value());
   BOOST_TEST(config.systems[2].jwks_uri.value_or("") == "https://client.example.org/.well-known/jwks.json?v=2");
@@ -243,6 +260,14 @@ BOOST_AUTO_TEST_CASE(applies_the_documented_defaults_when_optional_keys_are_abse
   BOOST_TEST(s.limits.max_assertion_bytes == 8192U);
   BOOST_TEST(s.limits.max_scope_count == 64U);
   BOOST_TEST(!s.tls.has_value());
+  BOOST_TEST(!s.jwks_fetch.allow_http_loopback);
+  BOOST_TEST(s.jwks_fetch.connect_timeout.count() == 3);
+  BOOST_TEST(s.jwks_fetch.read_timeout.count() == 5);
+  BOOST_TEST(s.jwks_fetch.max_response_bytes == 65536U);
+  BOOST_TEST(s.jwks_fetch.max_cache_lifetime.count() == 3600);
+  BOOST_TEST(s.jwks_fetch.default_cache_lifetime.count() == 0);
+  BOOST_TEST(s.jwks_fetch.kid_miss_cooldown.count() == 30);
+  BOOST_TEST(s.jwks_fetch.serve_stale.count() == 0);
   BOOST_TEST(config.systems.empty());
 }
 
@@ -267,13 +292,47 @@ BOOST_AUTO_TEST_CASE(default_token_lifetime_never_exceeds_a_lowered_cap) {
   BOOST_TEST(config.server.max_token_lifetime.count() == 120);
 }
 
+BOOST_AUTO_TEST_CASE(keyring_defaults_rotate_monthly_with_a_day_of_lead_and_an_hour_of_jwks_cache) {
+  const Config config = parsed(kMinimalServer);
+  BOOST_TEST(config.keyring.algorithm == Alg::ES256);
+  BOOST_TEST(config.keyring.rotation_period.count() == 30 * 86400);
+  BOOST_TEST(config.keyring.lead_time.count() == 86400);
+  BOOST_TEST(config.keyring.jwks_max_age.count() == 3600);
+  BOOST_TEST(config.keyring.retirement_grace.count() == 3600);
+  BOOST_TEST(config.keyring.kek_file.empty());
+  BOOST_TEST(config.keyring.kek_credential.empty());
+}
+
+BOOST_AUTO_TEST_CASE(keyring_lead_time_and_max_age_derive_from_a_short_rotation_period) {
+  const Config config = parsed(kMinimalServer + "keyring:\n  algorithm: ES384\n  rotation_period: 10\n"
+                                                "  kek_credential: keyring-kek\n");
+  BOOST_TEST(config.keyring.algorithm == Alg::ES384);
+  BOOST_TEST(config.keyring.lead_time.count() == 5);
+  BOOST_TEST(config.keyring.jwks_max_age.count() == 2);
+  BOOST_TEST(config.keyring.kek_credential == "keyring-kek");
+  BOOST_TEST(config.server.signing_algorithm == "ES384");  // the deprecated alias holds the effective alg
+}
+
+BOOST_AUTO_TEST_CASE(server_signing_algorithm_still_selects_the_keyring_algorithm) {
+  const Config config = parsed(kMinimalServer + "  signing_algorithm: RS256\n");
+  BOOST_TEST(config.keyring.algorithm == Alg::RS256);
+  const Config agreeing = parsed(kMinimalServer + "  signing_algorithm: RS256\nkeyring:\n  algorithm: RS256\n");
+  BOOST_TEST(agreeing.keyring.algorithm == Alg::RS256);
+}
+
+BOOST_AUTO_TEST_CASE(keyring_kek_file_resolves_against_the_config_directory) {
+  const Config config = parsed(kMinimalServer + "keyring:\n  kek_file: keyring.kek\n", "/etc/sb/t.yaml");
+  BOOST_TEST(config.keyring.kek_file == "/etc/sb/keyring.kek");
+}
+
 BOOST_AUTO_TEST_CASE(accepts_an_empty_systems_key_as_no_systems) {
   BOOST_TEST(parsed(kMinimalServer + "systems:\n").systems.empty());
   BOOST_TEST(parsed(kMinimalServer + "systems: []\n").systems.empty());
 }
 
-BOOST_AUTO_TEST_CASE(accepts_loopback_http_jwks_uris_for_development) {
-  const Config config = parsed(kMinimalServer + R"(systems:
+BOOST_AUTO_TEST_CASE(accepts_loopback_http_jwks_uris_when_the_server_allows_them) {
+  const Config config = parsed(kMinimalServer + R"(  jwks_fetch: {allow_http_loopback: true}
+systems:
   - client_id: a
     scopes: [system/*.rs]
     jwks_uri: http://127.0.0.1:9000/jwks.json
@@ -284,6 +343,17 @@ BOOST_AUTO_TEST_CASE(accepts_loopback_http_jwks_uris_for_development) {
   BOOST_TEST_REQUIRE(config.systems.size() == 2U);
   BOOST_TEST(config.systems[0].jwks_uri.value_or("") == "http://127.0.0.1:9000/jwks.json");
   BOOST_TEST(config.systems[1].jwks_uri.value_or("") == "http://LocalHost/jwks.json");
+}
+
+BOOST_AUTO_TEST_CASE(accepts_https_jwks_uris_to_loopback_without_the_http_opt_in) {
+  const Config config = parsed(kMinimalServer + R"(systems:
+  - client_id: a
+    scopes: [system/*.rs]
+    jwks_uri: https://127.0.0.1:9000/jwks.json
+)");
+  BOOST_TEST_REQUIRE(config.systems.size() == 1U);
+  BOOST_TEST(!config.server.jwks_fetch.allow_http_loopback);
+  BOOST_TEST(config.systems[0].jwks_uri.value_or("") == "https://127.0.0.1:9000/jwks.json");
 }
 
 BOOST_AUTO_TEST_CASE(resolves_relative_paths_against_the_config_file_directory) {
@@ -378,6 +448,51 @@ const std::vector<BrokenCase> kBrokenCases = {
      "server:\n  public_base_url: https://a.example.org\n  audiences: [https://f.example.org]\n  state_directory:\n",
      {"t.yaml:4: server.state_directory: expected a string"}},
     {"server_not_a_map", "server: [1, 2]\n", {"t.yaml:1: server: expected a map"}},
+    {"jwks_fetch_not_a_map", kMinimalServer + "  jwks_fetch: 5\n", {"t.yaml:5: server.jwks_fetch: expected a map"}},
+    {"keyring_not_a_map", kMinimalServer + "keyring: 5\n", {"t.yaml:5: keyring: expected a map"}},
+    {"keyring_unknown_key", kMinimalServer + "keyring:\n  rotation_perod: 5\n",
+     {"t.yaml:6: keyring.rotation_perod: unknown key (did you mean rotation_period?)"}},
+    {"keyring_algorithm_rs384", kMinimalServer + "keyring:\n  algorithm: RS384\n",
+     {"t.yaml:6: keyring.algorithm: must be ES256, RS256 or ES384"}},
+    {"keyring_algorithm_conflicts_with_server_alias",
+     kMinimalServer + "  signing_algorithm: RS256\nkeyring:\n  algorithm: ES256\n",
+     {"t.yaml:7: keyring.algorithm: conflicts with server.signing_algorithm (line 5); remove the deprecated "
+      "server.signing_algorithm"}},
+    {"keyring_rotation_period_of_one_second", kMinimalServer + "keyring:\n  rotation_period: 1\n",
+     {"t.yaml:6: keyring.rotation_period: must be 0 (rotate only by command) or at least 2 seconds"}},
+    {"keyring_lead_time_not_below_period", kMinimalServer + "keyring:\n  rotation_period: 100\n  lead_time: 100\n",
+     {"t.yaml:7: keyring.lead_time: must be between 1 and 99 (below keyring.rotation_period)"}},
+    {"keyring_max_age_above_lead_time", kMinimalServer + "keyring:\n  lead_time: 60\n  jwks_max_age: 61\n",
+     {"t.yaml:7: keyring.jwks_max_age: must be between 1 and 60 (at most keyring.lead_time)"}},
+    {"keyring_both_kek_sources",
+     kMinimalServer + "keyring:\n  kek_file: /k\n  kek_credential: k\n",
+     {"t.yaml:7: keyring.kek_credential: set at most one of kek_file and kek_credential"}},
+    {"keyring_kek_credential_with_slash", kMinimalServer + "keyring:\n  kek_credential: ../k\n",
+     {"t.yaml:6: keyring.kek_credential: must be a systemd credential name: letters, digits and - _ . @ : (no /)"}},
+    {"jwks_fetch_unknown_key", kMinimalServer + "  jwks_fetch: {kid_miss_cooldow: 5}\n",
+     {"t.yaml:5: server.jwks_fetch.kid_miss_cooldow: unknown key (did you mean kid_miss_cooldown?)"}},
+    {"jwks_fetch_allow_http_not_boolean", kMinimalServer + "  jwks_fetch: {allow_http_loopback: yes}\n",
+     {"t.yaml:5: server.jwks_fetch.allow_http_loopback: expected true or false"}},
+    {"jwks_fetch_connect_timeout_zero", kMinimalServer + "  jwks_fetch: {connect_timeout: 0}\n",
+     {"t.yaml:5: server.jwks_fetch.connect_timeout: must be between 1 and 60"}},
+    {"jwks_fetch_read_timeout_too_long", kMinimalServer + "  jwks_fetch: {read_timeout: 61}\n",
+     {"t.yaml:5: server.jwks_fetch.read_timeout: must be between 1 and 60"}},
+    {"jwks_fetch_read_timeout_with_unit", kMinimalServer + "  jwks_fetch: {read_timeout: 5s}\n",
+     {"t.yaml:5: server.jwks_fetch.read_timeout: expected an integer (seconds)"}},
+    {"jwks_fetch_body_cap_too_small", kMinimalServer + "  jwks_fetch: {max_response_bytes: 100}\n",
+     {"t.yaml:5: server.jwks_fetch.max_response_bytes: must be between 1024 and 524288"}},
+    {"jwks_fetch_body_cap_too_large", kMinimalServer + "  jwks_fetch: {max_response_bytes: 524289}\n",
+     {"t.yaml:5: server.jwks_fetch.max_response_bytes: must be between 1024 and 524288"}},
+    {"jwks_fetch_ceiling_above_a_day", kMinimalServer + "  jwks_fetch: {max_cache_lifetime: 86401}\n",
+     {"t.yaml:5: server.jwks_fetch.max_cache_lifetime: must be between 0 and 86400"}},
+    {"jwks_fetch_default_lifetime_above_the_ceiling",
+     kMinimalServer + "  jwks_fetch: {max_cache_lifetime: 60, default_cache_lifetime: 61}\n",
+     {"t.yaml:5: server.jwks_fetch.default_cache_lifetime: must be between 0 and 60 "
+      "(server.jwks_fetch.max_cache_lifetime)"}},
+    {"jwks_fetch_cooldown_zero", kMinimalServer + "  jwks_fetch: {kid_miss_cooldown: 0}\n",
+     {"t.yaml:5: server.jwks_fetch.kid_miss_cooldown: must be between 1 and 3600"}},
+    {"jwks_fetch_serve_stale_negative", kMinimalServer + "  jwks_fetch: {serve_stale: -1}\n",
+     {"t.yaml:5: server.jwks_fetch.serve_stale: must be between 0 and 86400"}},
     {"port_out_of_range", kMinimalServer + "  port: 70000\n", {"t.yaml:5: server.port: must be between 0 and 65535"}},
     {"port_negative", kMinimalServer + "  port: -1\n", {"t.yaml:5: server.port: must be between 0 and 65535"}},
     {"port_quoted", kMinimalServer + "  port: \"8080\"\n", {"t.yaml:5: server.port: expected an integer"}},
@@ -512,6 +627,15 @@ const std::vector<BrokenCase> kBrokenCases = {
     {"jwks_uri_http_to_remote_host",
      withSystem("  - client_id: bulk\n    scopes: [system/*.rs]\n    jwks_uri: http://client.example.org/jwks.json\n"),
      {"t.yaml:8: systems[0].jwks_uri: must be an https URL (http only for loopback hosts 127.0.0.1, ::1, localhost)"}},
+    {"jwks_uri_http_to_loopback_without_opt_in",
+     withSystem("  - client_id: bulk\n    scopes: [system/*.rs]\n    jwks_uri: http://127.0.0.1:9000/jwks.json\n"),
+     {"t.yaml:8: systems[0].jwks_uri: plain http (even to a loopback host) needs "
+      "server.jwks_fetch.allow_http_loopback: true"}},
+    {"jwks_uri_http_to_loopback_explicitly_refused",
+     kMinimalServer + "  jwks_fetch:\n    allow_http_loopback: false\nsystems:\n  - client_id: bulk\n"
+                      "    scopes: [system/*.rs]\n    jwks_uri: http://[::1]/jwks.json\n",
+     {"t.yaml:10: systems[0].jwks_uri: plain http (even to a loopback host) needs "
+      "server.jwks_fetch.allow_http_loopback: true"}},
     {"jwks_uri_with_userinfo",
      withSystem("  - client_id: bulk\n    scopes: [system/*.rs]\n    jwks_uri: https://u:p@c.example.org/jwks.json\n"),
      {"t.yaml:8: systems[0].jwks_uri: must not contain userinfo"}},

@@ -18,11 +18,23 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
+#include <ostream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
+
+// Boost.Test printers for failure messages (internal linkage, found by ADL).
+namespace smartbroker::jwks {
+[[maybe_unused]] static std::ostream& boost_test_print_type(std::ostream& os, Alg alg) { return os << algName(alg); }
+[[maybe_unused]] static std::ostream& boost_test_print_type(std::ostream& os, Curve crv) {
+  return os << "curve#" << static_cast<int>(crv);
+}
+[[maybe_unused]] static std::ostream& boost_test_print_type(std::ostream& os, KeyType kty) {
+  return os << (kty == KeyType::RSA ? "RSA" : "EC");
+}
+}  // namespace smartbroker::jwks
 
 namespace {
 
@@ -32,21 +44,34 @@ namespace kr = smartbroker::keyring;
 
 constexpr std::array kAllAlgs{jw::Alg::ES256, jw::Alg::ES384, jw::Alg::RS256, jw::Alg::RS384};
 
-/// One key per alg per process: RSA 3072 generation is slow, and nothing here mutates a key.
+/// One key per alg per process, made on first use: RSA 3072 generation is slow, and nothing here mutates a key.
 const kr::SigningKey& keyFor(jw::Alg alg) {
-  static const std::array<kr::SigningKey, 4> keys = [] {
-    auto make = [](jw::Alg a) {
-      auto k = kr::SigningKey::generate(a);
-      if (!k) {
-        throw std::runtime_error("generate failed: " + k.error());
-      }
-      return *k;
-    };
-    return std::array<kr::SigningKey, 4>{make(jw::Alg::ES256), make(jw::Alg::ES384), make(jw::Alg::RS256),
-                                         make(jw::Alg::RS384)};
-  }();
-  return keys.at(static_cast<std::size_t>(
-      std::find(kAllAlgs.begin(), kAllAlgs.end(), alg) - kAllAlgs.begin()));
+  auto make = [](jw::Alg a) {
+    auto k = kr::SigningKey::generate(a);
+    if (!k) {
+      throw std::runtime_error("generate failed: " + k.error());
+    }
+    return *k;
+  };
+  switch (alg) {
+    case jw::Alg::ES256: {
+      static const kr::SigningKey key = make(jw::Alg::ES256);
+      return key;
+    }
+    case jw::Alg::ES384: {
+      static const kr::SigningKey key = make(jw::Alg::ES384);
+      return key;
+    }
+    case jw::Alg::RS256: {
+      static const kr::SigningKey key = make(jw::Alg::RS256);
+      return key;
+    }
+    case jw::Alg::RS384: {
+      static const kr::SigningKey key = make(jw::Alg::RS384);
+      return key;
+    }
+  }
+  throw std::logic_error("unknown alg");
 }
 
 /// A fresh directory under the system temp dir, removed with everything in it at scope exit.
@@ -328,7 +353,9 @@ BOOST_AUTO_TEST_CASE(opening_a_fresh_state_directory_creates_a_private_key_file_
   }
   // The file on disk is the key that signs.
   std::ifstream in(files[0]);
-  const std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ostringstream text;
+  text << in.rdbuf();
+  const std::string pem = text.str();
   auto fromDisk = kr::SigningKey::fromPem(pem, jw::Alg::ES256);
   BOOST_REQUIRE(fromDisk.has_value());
   BOOST_TEST(fromDisk->kid() == set->active->kid());

@@ -5,6 +5,7 @@
 #include "smartbroker/broker/store.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -239,11 +240,97 @@ BOOST_AUTO_TEST_CASE(two_stores_on_one_file_admit_a_jti_once) {
   BOOST_TEST((record(*a, "app", "only-b", kNow + 300) == sb::JtiOutcome::Replayed));
 }
 
+BOOST_AUTO_TEST_CASE(records_the_issued_token_only_with_the_first_use_of_a_jti) {
+  const StoreDir dir;
+  const StoreClock clock(kNow);
+  auto store = openStore(dir.db(), clock);
+  const sb::IssuedToken first{"tok-1", "app", "system/Observation.rs", kNow, kNow + 300, "kid-1"};
+  const sb::IssuedToken second{"tok-2", "app", "system/Observation.rs", kNow + 1, kNow + 301, "kid-1"};
+  auto recorded = store->recordJti("app", "assertion-1", kNow + 300, &first);
+  BOOST_REQUIRE(recorded.has_value());
+  BOOST_TEST((*recorded == sb::JtiOutcome::Recorded));
+  // A replay is refused and leaves no token behind.
+  auto replayed = store->recordJti("app", "assertion-1", kNow + 300, &second);
+  BOOST_REQUIRE(replayed.has_value());
+  BOOST_TEST((*replayed == sb::JtiOutcome::Replayed));
+  auto tokens = store->recentTokens("app", 10, kNow);
+  BOOST_REQUIRE(tokens.has_value());
+  BOOST_REQUIRE_EQUAL(tokens->size(), 1U);
+  BOOST_TEST(tokens->at(0).jti == "tok-1");
+  BOOST_TEST(tokens->at(0).client_id == "app");
+  BOOST_TEST(tokens->at(0).scope == "system/Observation.rs");
+  BOOST_TEST(tokens->at(0).iat == kNow);
+  BOOST_TEST(tokens->at(0).exp == kNow + 300);
+  BOOST_TEST(tokens->at(0).kid == "kid-1");
+}
+
+BOOST_AUTO_TEST_CASE(recent_tokens_lists_only_live_tokens_of_the_client_newest_first) {
+  const StoreDir dir;
+  const StoreClock clock(kNow);
+  auto store = openStore(dir.db(), clock);
+  for (int i = 0; i < 5; ++i) {
+    const sb::IssuedToken t{"app-" + std::to_string(i), "app", "s", kNow + i, kNow + 100 + i, "k"};
+    BOOST_REQUIRE(store->recordJti("app", "a-" + std::to_string(i), kNow + 300, &t).has_value());
+  }
+  const sb::IssuedToken other{"other-0", "other", "s", kNow, kNow + 100, "k"};
+  BOOST_REQUIRE(store->recordJti("other", "a-0", kNow + 300, &other).has_value());
+  auto tokens = store->recentTokens("app", 3, kNow);
+  BOOST_REQUIRE(tokens.has_value());
+  BOOST_REQUIRE_EQUAL(tokens->size(), 3U);
+  BOOST_TEST(tokens->at(0).jti == "app-4");
+  BOOST_TEST(tokens->at(1).jti == "app-3");
+  BOOST_TEST(tokens->at(2).jti == "app-2");
+  // At kNow + 102 the tokens with exp <= now are gone from the listing.
+  auto later = store->recentTokens("app", 10, kNow + 102);
+  BOOST_REQUIRE(later.has_value());
+  BOOST_TEST(later->size() == 2U);
+}
+
+BOOST_AUTO_TEST_CASE(revocations_and_suspensions_are_reported_by_changes_since_its_cursor) {
+  const StoreDir dir;
+  const StoreClock clock(kNow);
+  auto store = openStore(dir.db(), clock);
+  BOOST_REQUIRE(store->revokeToken("tok-1", "app", kNow + 300).has_value());
+  BOOST_REQUIRE(store->revokeToken("tok-1", "app", kNow + 300).has_value());  // idempotent
+  BOOST_REQUIRE(store->setSuspended("app", true).has_value());
+  auto changes = store->changesSince(0, kNow);
+  BOOST_REQUIRE(changes.has_value());
+  BOOST_REQUIRE_EQUAL(changes->revocations.size(), 1U);
+  BOOST_TEST(changes->revocations[0].jti == "tok-1");
+  BOOST_TEST(changes->revocations[0].client_id == "app");
+  BOOST_TEST(changes->cursor == changes->revocations[0].id);
+  BOOST_REQUIRE(changes->systems.count("app") == 1U);
+  BOOST_TEST(changes->systems.at("app").suspended);
+
+  BOOST_REQUIRE(store->revokeToken("tok-2", "app", kNow + 10).has_value());
+  auto next = store->changesSince(changes->cursor, kNow);
+  BOOST_REQUIRE(next.has_value());
+  BOOST_REQUIRE_EQUAL(next->revocations.size(), 1U);
+  BOOST_TEST(next->revocations[0].jti == "tok-2");
+  BOOST_TEST(next->cursor > changes->cursor);
+  // A revocation of a token that has expired is of no interest any more.
+  auto expired = store->changesSince(0, kNow + 11);
+  BOOST_REQUIRE(expired.has_value());
+  BOOST_TEST(expired->revocations.size() == 1U);
+
+  BOOST_REQUIRE(store->setSuspended("app", false).has_value());
+  BOOST_REQUIRE(store->revokeAllTokens("app", kNow).has_value());
+  BOOST_REQUIRE(store->revokeAllTokens("app", kNow - 100).has_value());  // never moves back
+  auto systems = store->changesSince(next->cursor, kNow);
+  BOOST_REQUIRE(systems.has_value());
+  BOOST_TEST(!systems->systems.at("app").suspended);
+  BOOST_TEST(systems->systems.at("app").revoked_before == kNow);
+}
+
 BOOST_AUTO_TEST_CASE(opening_a_database_in_a_missing_directory_throws) {
   const StoreDir dir;
   const StoreClock clock(kNow);
   const std::string path = (fs::path(dir.db()).parent_path() / "no-such-dir" / "state.db").string();
+  const auto start = std::chrono::steady_clock::now();
   BOOST_CHECK_THROW(openStore(path, clock), std::runtime_error);
+  // POCO's open retries for its login timeout (60 s by default); a broker must not stall that long on a typo.
+  const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  BOOST_TEST(elapsed.count() < 10'000);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -13,6 +13,7 @@
 #include "smartbroker/broker/errors.hpp"
 #include "smartbroker/broker/registry.hpp"
 #include "smartbroker/broker/store.hpp"
+#include "smartbroker/broker/token_state.hpp"
 #include "smartbroker/jwks/jwk.hpp"
 
 namespace smartbroker::broker {
@@ -40,6 +41,7 @@ class InlineKeySource final : public ClientKeySource {
 
 struct AssertionPolicy {
   std::string audience;                  ///< the endpoint URL the assertion must name in `aud`
+  std::vector<std::string> also_accepted;  ///< further accepted audiences (e.g. the token endpoint at /introspect)
   std::int64_t clock_skew = 30;          ///< seconds
   std::int64_t max_lifetime = 300;       ///< exp - now at most this (+ skew)
   std::size_t max_bytes = 8 * 1024;
@@ -55,8 +57,9 @@ struct VerifiedAssertion {
 /// Steps 1-7 of SPEC "Authenticating the assertion". Thread-safe; holds no lock.
 class ClientAuthenticator {
  public:
+  /// `state`, when given, refuses systems an operator suspended at run time.
   ClientAuthenticator(AssertionPolicy policy, const RegistryHolder& registry, ClientKeySource& keys,
-                      const Clock& clock);
+                      const Clock& clock, const TokenState* state = nullptr);
 
   /// `clientIdParam` is the request's client_id parameter, if sent (it must equal iss).
   std::expected<VerifiedAssertion, Denial> verify(std::string_view assertion,
@@ -69,11 +72,13 @@ class ClientAuthenticator {
   const RegistryHolder& registry_;
   ClientKeySource& keys_;
   const Clock& clock_;
+  const TokenState* state_;
 };
 
 /// Step 8: records (iss, jti) durably and atomically; a second use is JtiReplayed, a store failure
 /// StoreUnavailable. Call it after every other check of the request has passed, so that a refused request
 /// changes no state.
-std::expected<void, Denial> consumeJti(StateStore& store, const VerifiedAssertion& assertion, std::int64_t clockSkew);
+std::expected<void, Denial> consumeJti(StateStore& store, const VerifiedAssertion& assertion, std::int64_t clockSkew,
+                                       const IssuedToken* issued = nullptr);
 
 }  // namespace smartbroker::broker

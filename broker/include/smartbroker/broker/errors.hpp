@@ -41,6 +41,7 @@ enum class DenyReason : std::uint8_t {
   ClientIdMismatch,        ///< client_id form parameter differs from iss
   UnknownClient,
   ClientDisabled,
+  ClientSuspended,         ///< an operator suspended it at run time
   JkuNotRegistered,        ///< jku present but the client has no jwks_uri
   JkuMismatch,             ///< jku differs from the registered jwks_uri
   KeysUnavailable,         ///< the client's JWKS could not be obtained

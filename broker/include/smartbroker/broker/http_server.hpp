@@ -8,6 +8,7 @@
 
 #include "smartbroker/broker/discovery.hpp"
 #include "smartbroker/broker/http.hpp"
+#include "smartbroker/broker/introspection.hpp"
 #include "smartbroker/broker/log.hpp"
 #include "smartbroker/broker/snapshot.hpp"
 #include "smartbroker/broker/token_endpoint.hpp"
@@ -22,6 +23,8 @@ struct Endpoints {
   const Snapshot<DiscoveryDocuments>& discovery;
   const StateStore& store;
   std::int64_t jwks_max_age = 300;   ///< Cache-Control max-age of /jwks.json
+  const IntrospectionEndpoint* introspection = nullptr;
+  const RevocationEndpoint* revocation = nullptr;
 };
 
 class HttpServer {

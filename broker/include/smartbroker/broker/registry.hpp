@@ -22,6 +22,7 @@ struct Client {
   bool enabled = true;
   std::vector<jwks::Alg> algorithms;
   std::vector<SystemScope> scopes;
+  std::vector<std::string> permissions;         ///< broker permissions (e.g. introspection) it is pre-authorized for
   std::shared_ptr<const jwks::JwkSet> jwks;    ///< inline keys; null for jwks_uri systems
   std::optional<std::string> jwks_uri;
   std::optional<config::Seconds> token_lifetime;
@@ -32,8 +33,10 @@ struct Client {
 /// An immutable map client_id → Client.
 class ClientRegistry {
  public:
-  /// Systems must have passed config validation (their scopes parse).
-  explicit ClientRegistry(const std::vector<config::System>& systems);
+  /// Systems must have passed config validation: each scope parses as a system/ scope or is one of
+  /// `permissionNames` (broker permissions such as the introspection permission).
+  explicit ClientRegistry(const std::vector<config::System>& systems,
+                          const std::vector<std::string>& permissionNames = {});
   std::shared_ptr<const Client> find(std::string_view clientId) const;
   /// Union of the algorithms any registered system may use, in SPEC order (RS384, ES384, RS256, ES256).
   std::vector<jwks::Alg> allAlgorithms() const;

@@ -62,4 +62,7 @@ struct ScopeGrant {
 ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope>& preauthorized,
                        std::size_t maxScopes = 64);
 
+/// True when the space-separated `scope` contains `word` as a whole scope token.
+bool scopeHas(std::string_view scope, std::string_view word);
+
 }  // namespace smartbroker::broker

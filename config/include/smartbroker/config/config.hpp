@@ -30,6 +30,18 @@ struct Tls {
   std::string private_key_file;
 };
 
+/// Fetching and caching of client JWK Sets registered by `jwks_uri` (README "Client keys by URL").
+struct JwksFetch {
+  bool allow_http_loopback = false;             ///< plain http to 127.0.0.1, ::1, localhost (development, tests)
+  Seconds connect_timeout{3};                   ///< TCP connect and TLS handshake
+  Seconds read_timeout{5};                      ///< the whole response, from the request sent to the last byte
+  std::size_t max_response_bytes = 64 * 1024;   ///< body cap; larger is a fetch failure
+  Seconds max_cache_lifetime{3600};             ///< ceiling on any freshness lifetime (0 = never cache)
+  Seconds default_cache_lifetime{0};            ///< for a response with neither max-age nor Expires
+  Seconds kid_miss_cooldown{30};                ///< at most one refetch per URL per cooldown; failures cached this long
+  Seconds serve_stale{0};                       ///< serve an expired set this long while the URL is unreachable
+};
+
 struct Server {
   std::string listen_address = "127.0.0.1";
   std::uint16_t port = 8080;                    ///< 0 = any free port (tests); the chosen port is logged
@@ -41,11 +53,12 @@ struct Server {
   Seconds max_assertion_lifetime{300};          ///< exp may be at most this far ahead of now (SPEC: 300)
   std::string state_directory;                  ///< keys and the SQLite database live here
   std::string database_path;                    ///< default: <state_directory>/smart-broker.db
-  std::string signing_algorithm = "ES256";      ///< the broker's own access-token alg: ES256 or RS256
+  std::string signing_algorithm = "ES256";      ///< deprecated alias of keyring.algorithm; holds the effective alg
   unsigned threads = 0;                         ///< HTTP worker threads; 0 = 2 x cores, at least 4
   unsigned max_queued = 256;                    ///< accepted connections waiting for a worker
   Seconds keep_alive_timeout{15};
   Limits limits;
+  JwksFetch jwks_fetch;
   std::optional<Tls> tls;
 
   /// The token endpoint URL: the one and only accepted assertion `aud` (SPEC "Authenticating" 7).
@@ -57,7 +70,7 @@ struct Server {
   std::string issuer() const { return public_base_url; }
 };
 
-/// A registered system (OAuth client) as configured. Keys come inline or (a later issue) by URL.
+/// A registered system (OAuth client) as configured. Keys come inline or by URL.
 struct System {
   std::string client_id;
   std::string name;
@@ -70,9 +83,23 @@ struct System {
   int line = 0;                                 ///< where it was defined, for diagnostics
 };
 
+/// The broker's own signing keys and their rotation (README "Signing keys and rotation"). The durations relate as
+/// jwks_max_age <= lead_time < rotation_period: a key is published for the whole lead time before it signs, so every
+/// copy of the JWKS a resource server may still cache (max-age) has expired by then.
+struct Keyring {
+  jwks::Alg algorithm = jwks::Alg::ES256;       ///< ES256 (default), RS256 or ES384
+  Seconds rotation_period{30 * 86400};          ///< age at which the active key is replaced; 0 = only by command
+  Seconds lead_time{86400};                     ///< default min(1 day, rotation_period / 2)
+  Seconds jwks_max_age{3600};                   ///< default min(1 hour, lead_time / 2), at least 1
+  Seconds retirement_grace{3600};               ///< a retired key stays published max_token_lifetime + skew + this
+  std::string kek_file;                         ///< key-encryption key (32 bytes) sealing private keys at rest, or
+  std::string kek_credential;                   ///< the name of a systemd credential holding it
+};
+
 struct Config {
   std::string source;                           ///< the file it was read from
   Server server;
+  Keyring keyring;
   std::vector<System> systems;
 };
 

@@ -19,9 +19,10 @@ struct KeySet {
 
 /// Opens `<stateDirectory>/keys`: a 0700 directory holding `<kid>.pem` files (0600, PKCS#8). Creates the
 /// directory and a first key for `alg` when there is none, writing it atomically (temp file, fsync, rename).
-/// Refuses to start (returns an error) when the directory or a key file is group/world accessible, when a
-/// key file does not parse, or when no key fits `alg`. The full rotation lifecycle is a later issue; for now
-/// the newest key fitting `alg` signs and all loaded keys are published.
+/// Refuses (returns an error) when the directory or a key file is group/world accessible, when a key file does not
+/// parse, or when no key fits `alg`. Without lifecycle state the newest key fitting `alg` signs and all loaded keys
+/// are published. The running broker uses KeyringManager (manager.hpp) instead; on a directory that manager keeps,
+/// this returns the same view read-only (its active key signs, pending and retired keys are only published).
 std::expected<KeySet, std::string> openKeyring(const std::string& stateDirectory, jwks::Alg alg);
 
 }  // namespace smartbroker::keyring

@@ -1,0 +1,446 @@
+// smartbroker-bench: the load generator and crypto-ceiling micro-benchmark behind scripts/bench (see README.md here).
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "crypto.hpp"
+#include "load.hpp"
+
+namespace {
+
+namespace bench = smartbroker::bench;
+
+constexpr const char* kUsage = R"(usage:
+  smartbroker-bench crypto [--seconds S] [--cpu N]
+      single-core RS384 verify, ES384 verify, ES256 sign (raw EVP_DigestVerify/EVP_DigestSign) and the
+      derived token-request ceiling 1/(1/verify + 1/es256_sign); TEST-ONLY keys from --rsa-key/--p384-key
+  smartbroker-bench load --url http://HOST:PORT[/base] --scenario NAME
+      (--key PEM --client-id ID --kid KID [--scope S] [--aud URL]   POST /token, one assertion per request
+       | --get PATH [--expect TEXT])                                 the same GET again and again
+      [--duration S=10] [--warmup S=2] [--concurrency C=32] [--threads T=1] [--rate R=0 (closed loop)]
+      [--requests N|auto] [--max-requests N=400000] [--gen-threads G=all cores] [--cpu N]
+      [--server-pid PID] [--ceiling LABEL=RATE]...
+  smartbroker-bench free-port          print a loopback TCP port that was free a moment ago
+)";
+
+struct Args {
+  std::string command;
+  std::map<std::string, std::vector<std::string>> values;
+
+  std::optional<std::string> get(const std::string& name) const {
+    const auto it = values.find(name);
+    return it == values.end() || it->second.empty() ? std::nullopt : std::optional(it->second.back());
+  }
+  std::string get(const std::string& name, const std::string& fallback) const { return get(name).value_or(fallback); }
+  double number(const std::string& name, double fallback) const {
+    const auto v = get(name);
+    return v ? std::stod(*v) : fallback;
+  }
+};
+
+Args parseArgs(int argc, char** argv) {
+  Args args;
+  if (argc < 2) {
+    throw std::invalid_argument("missing command");
+  }
+  args.command = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string name = argv[i];
+    if (!name.starts_with("--") || i + 1 >= argc) {
+      throw std::invalid_argument("expected --name value, got " + name);
+    }
+    args.values[name.substr(2)].push_back(argv[++i]);
+  }
+  return args;
+}
+
+// ------------------------------------------------------------------------------------------ processes
+
+/// Pins the calling thread (and the threads it starts later) to one CPU, or frees it when cpu < 0.
+void pinTo(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu < 0) {
+    for (std::size_t c = 0; c < CPU_SETSIZE; ++c) {
+      CPU_SET(c, &set);
+    }
+  } else {
+    CPU_SET(static_cast<std::size_t>(cpu), &set);
+  }
+  if (sched_setaffinity(0, sizeof set, &set) != 0 && cpu >= 0) {
+    throw std::runtime_error("sched_setaffinity(" + std::to_string(cpu) + ") failed");
+  }
+}
+
+/// A process's CPU and memory from /proc: utime+stime (stat fields 14, 15), threads, VmRSS, VmHWM.
+struct ProcSample {
+  bool ok = false;
+  double cpu_seconds = 0;
+  long threads = 0;
+  double rss_mib = 0;
+  double hwm_mib = 0;
+};
+
+std::string readSmallFile(const std::string& path) {
+  std::string text;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return text;
+  }
+  char buffer[4096];
+  for (ssize_t n = 0; (n = ::read(fd, buffer, sizeof buffer)) > 0;) {
+    text.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+ProcSample sample(long pid) {
+  ProcSample s;
+  if (pid <= 0) {
+    return s;
+  }
+  const std::string text = readSmallFile("/proc/" + std::to_string(pid) + "/stat");
+  const std::size_t paren = text.rfind(')');
+  if (paren == std::string::npos) {
+    return s;
+  }
+  std::istringstream fields(text.substr(paren + 2));
+  std::vector<std::string> f;
+  for (std::string field; fields >> field;) {
+    f.push_back(field);
+  }
+  if (f.size() < 18) {
+    return s;
+  }
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  s.cpu_seconds = (std::stod(f[11]) + std::stod(f[12])) / tick;  // fields 14 and 15 (f[0] is field 3)
+  s.threads = std::stol(f[17]);
+  std::istringstream status(readSmallFile("/proc/" + std::to_string(pid) + "/status"));
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with("VmRSS:")) {
+      s.rss_mib = std::stod(line.substr(6)) / 1024.0;
+    } else if (line.starts_with("VmHWM:")) {
+      s.hwm_mib = std::stod(line.substr(6)) / 1024.0;
+    }
+  }
+  s.ok = true;
+  return s;
+}
+
+/// Whole-machine CPU from the first line of /proc/stat, in seconds: busy (not idle/iowait) and steal.
+struct MachineSample {
+  double busy = 0;
+  double steal = 0;
+};
+
+MachineSample machine() {
+  std::istringstream in(readSmallFile("/proc/stat"));
+  std::string cpu;
+  double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  return {(user + nice + system + irq + softirq) / tick, steal / tick};
+}
+
+// ------------------------------------------------------------------------------------------ crypto
+
+int crypto(const Args& args) {
+  const std::string data = args.get("data", SMARTBROKER_BENCH_TEST_DATA);
+  if (const auto cpu = args.get("cpu")) {
+    pinTo(std::stoi(*cpu));
+  }
+  const double seconds = args.number("seconds", 1.0);
+  const bench::CryptoRates r = bench::measureCrypto(args.get("rsa-key", data + "/keys/rs384-client.pem"),
+                                                    args.get("p384-key", data + "/keys/es384-client.pem"), seconds);
+  const double rsCeiling = bench::CryptoRates::tokenCeiling(r.rs384_verify, r.es256_sign);
+  const double esCeiling = bench::CryptoRates::tokenCeiling(r.es384_verify, r.es256_sign);
+  std::printf("== crypto ceiling (one core%s, raw OpenSSL %s, best of 3 windows in ~%.1f s per operation)\n",
+              args.get("cpu") ? (", CPU " + *args.get("cpu")).c_str() : "", OPENSSL_VERSION_STR, seconds);
+  std::printf("  RS384 verify (RSA-2048)   %10.0f /s\n", r.rs384_verify);
+  std::printf("  ES384 verify (P-384)      %10.0f /s\n", r.es384_verify);
+  std::printf("  ES256 sign   (P-256)      %10.0f /s\n", r.es256_sign);
+  std::printf("  RS384 sign   (client side)%10.0f /s\n", r.rs384_sign);
+  std::printf("  ES384 sign   (client side)%10.0f /s\n", r.es384_sign);
+  std::printf("  token ceiling RS384 client = 1/(1/%.0f + 1/%.0f) = %.0f /s\n", r.rs384_verify, r.es256_sign, rsCeiling);
+  std::printf("  token ceiling ES384 client = 1/(1/%.0f + 1/%.0f) = %.0f /s\n", r.es384_verify, r.es256_sign, esCeiling);
+  std::printf("CRYPTO rs384_verify=%.0f es384_verify=%.0f es256_sign=%.0f rs384_sign=%.0f es384_sign=%.0f "
+              "ceiling_rs384=%.0f ceiling_es384=%.0f\n",
+              r.rs384_verify, r.es384_verify, r.es256_sign, r.rs384_sign, r.es384_sign, rsCeiling, esCeiling);
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------ load
+
+struct Url {
+  std::string host;
+  std::uint16_t port = 80;
+  std::string base;  ///< path prefix without a trailing slash
+  std::string text;  ///< scheme://host:port/base as given, without a trailing slash
+};
+
+Url parseUrl(std::string text) {
+  while (text.ends_with('/')) {
+    text.pop_back();
+  }
+  if (!text.starts_with("http://")) {
+    throw std::invalid_argument("--url must be http://HOST:PORT[/base] (the bench does not speak TLS)");
+  }
+  Url url;
+  url.text = text;
+  const std::string rest = text.substr(7);
+  const std::size_t slash = rest.find('/');
+  const std::string authority = rest.substr(0, slash);
+  url.base = slash == std::string::npos ? "" : rest.substr(slash);
+  const std::size_t colon = authority.rfind(':');
+  url.host = authority.substr(0, colon);
+  if (colon != std::string::npos) {
+    url.port = static_cast<std::uint16_t>(std::stoul(authority.substr(colon + 1)));
+  }
+  if (url.host.starts_with('[') && url.host.ends_with(']')) {
+    url.host = url.host.substr(1, url.host.size() - 2);
+  }
+  return url;
+}
+
+std::string randomHex() {
+  std::random_device device;
+  std::mt19937_64 rng((static_cast<std::uint64_t>(device()) << 32) ^ device());
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(rng()));
+  return text;
+}
+
+double ms(std::uint64_t ns) { return static_cast<double>(ns) / 1e6; }
+
+void printPhase(const char* what, const bench::PhaseResult& r) {
+  const double rps = static_cast<double>(r.successes + r.failures) / r.elapsed;
+  std::printf("  %-8s %.2f s: %llu responses (%.0f /s), %llu ok, %llu failed%s\n", what, r.elapsed,
+              static_cast<unsigned long long>(r.successes + r.failures), rps,
+              static_cast<unsigned long long>(r.successes), static_cast<unsigned long long>(r.failures),
+              r.exhausted ? "; request pool exhausted early" : "");
+}
+
+int load(const Args& args) {
+  const Url url = parseUrl(args.get("url", "http://127.0.0.1:8080"));
+  const std::string scenario = args.get("scenario", "custom");
+  const auto get = args.get("get");
+  const bool token = !get.has_value();
+  const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
+  const unsigned genThreads = static_cast<unsigned>(args.number("gen-threads", cores));
+  const std::optional<int> cpu = args.get("cpu") ? std::optional(std::stoi(*args.get("cpu"))) : std::nullopt;
+  const long serverPid = std::stol(args.get("server-pid", "0"));
+
+  bench::PhaseOptions timed;
+  timed.seconds = args.number("duration", 10);
+  timed.concurrency = static_cast<unsigned>(args.number("concurrency", 32));
+  timed.threads = static_cast<unsigned>(args.number("threads", 1));
+  timed.rate = args.number("rate", 0);
+  timed.expect = args.get("expect", token ? "access_token" : "");
+  const double warmup = args.number("warmup", 2);
+  const std::string requestsArg = args.get("requests", "auto");
+  const auto maxRequests = static_cast<std::size_t>(args.number("max-requests", 400000));
+
+  const bench::Target target = bench::resolve(url.host, url.port);
+  const std::string hostHeader = url.host + ":" + std::to_string(url.port);
+
+  bench::AssertionSpec spec;
+  if (token) {
+    spec.key_file = args.get("key", "");
+    spec.client_id = args.get("client-id", "");
+    spec.kid = args.get("kid", spec.client_id);
+    spec.scope = args.get("scope", "system/*.rs");
+    spec.audience = args.get("aud", url.text + "/token");
+    spec.path = url.base + "/token";
+    spec.host = hostHeader;
+    spec.jti_prefix = "bench-" + randomHex() + "-";
+    if (spec.key_file.empty() || spec.client_id.empty()) {
+      throw std::invalid_argument("token scenarios need --key and --client-id");
+    }
+  }
+  std::printf("== scenario %s: %s %s%s, concurrency %u, %u epoll thread(s), %s\n", scenario.c_str(),
+              token ? "POST" : "GET", url.text.c_str(), token ? "/token" : get->c_str(), timed.concurrency,
+              timed.threads,
+              timed.rate > 0 ? ("paced at " + std::to_string(static_cast<long>(timed.rate)) + " req/s").c_str()
+                             : "closed loop");
+  std::string alg = "";
+  if (token) {
+    const bench::PkeyPtr key = bench::loadPrivateKey(spec.key_file);
+    alg = bench::algName(bench::algForKey(key.get()));
+    std::printf("  client %s, %s assertions signed with TEST-ONLY key %s, aud %s\n", spec.client_id.c_str(),
+                alg.c_str(), spec.key_file.c_str(), spec.audience.c_str());
+  }
+
+  // Pre-made requests. A token request carries a fresh assertion each time (jti is single-use), so every
+  // request is signed here before the timed phase, on all cores (the server is idle meanwhile).
+  std::size_t made = 0;
+  const auto generate = [&](std::size_t count, const char* what) {
+    pinTo(-1);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto requests = bench::makeTokenRequests(spec, made, count, genThreads);
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    made += count;
+    std::printf("  generated %zu %s assertions (%s) in %.1f s on %u thread(s): %.0f /s\n", count, alg.c_str(), what,
+                took, genThreads, static_cast<double>(count) / took);
+    std::fflush(stdout);
+    if (cpu) {
+      pinTo(*cpu);
+    }
+    return requests;
+  };
+  if (cpu) {
+    pinTo(*cpu);
+  }
+
+  std::vector<std::string> requests;
+  if (!token) {
+    requests.push_back("GET " + url.base + *get + " HTTP/1.1\r\nHost: " + hostHeader + "\r\nAccept: */*\r\n\r\n");
+  }
+
+  // Warm-up; with --requests auto it is also the probe that sizes the timed pool.
+  double probeRate = 0;
+  if (warmup > 0 || (token && requestsArg == "auto")) {
+    bench::PhaseOptions probe = timed;
+    probe.seconds = warmup > 0 ? warmup : 1.0;
+    std::vector<std::string> probeRequests;
+    if (token) {
+      const double perSecond = alg == "ES384" ? 2000 : 15000;  // generous for today's server, capped below
+      probeRequests = generate(std::min(maxRequests, static_cast<std::size_t>(perSecond * probe.seconds)), "warm-up");
+    }
+    bench::RequestPool pool(token ? probeRequests : requests, !token);
+    const bench::PhaseResult r = bench::runPhase(target, pool, probe);
+    printPhase("warm-up", r);
+    probeRate = static_cast<double>(r.successes + r.failures) / r.elapsed;
+  }
+
+  if (token) {
+    std::size_t count = 0;
+    if (requestsArg == "auto") {
+      const double expected = timed.rate > 0 ? timed.rate : probeRate;
+      count = static_cast<std::size_t>(std::ceil(expected * timed.seconds * 1.3)) + 2 * timed.concurrency;
+      count = std::clamp<std::size_t>(count, 1000, maxRequests);
+    } else {
+      count = static_cast<std::size_t>(std::stoull(requestsArg));
+    }
+    requests = generate(count, "timed");
+  }
+
+  const ProcSample before = sample(serverPid);
+  const MachineSample machineBefore = machine();
+  bench::RequestPool pool(requests, !token);
+  const bench::PhaseResult r = bench::runPhase(target, pool, timed);
+  const ProcSample after = sample(serverPid);
+  const MachineSample machineAfter = machine();
+
+  const double rps = static_cast<double>(r.successes) / r.elapsed;
+  std::printf("  timed    %.2f s%s\n", r.elapsed,
+              r.exhausted ? " (ended early: the pre-generated requests ran out; raise --requests)" : "");
+  std::printf("    requests/s      %.0f successful (%.0f responses/s)\n", rps,
+              static_cast<double>(r.successes + r.failures) / r.elapsed);
+  std::printf("    successes       %llu (HTTP 200 whose body contains %s)\n", static_cast<unsigned long long>(r.successes),
+              timed.expect.c_str());
+  std::string failures;
+  for (const auto& [kind, n] : r.failure_kinds) {
+    failures += (failures.empty() ? "" : ",") + kind + ":" + std::to_string(n);
+  }
+  std::printf("    failures        %llu%s%s\n", static_cast<unsigned long long>(r.failures),
+              failures.empty() ? "" : " by status: ", failures.c_str());
+  std::printf("    latency ms      p50 %.3f  p90 %.3f  p99 %.3f  max %.3f  mean %.3f  (%llu samples)\n",
+              ms(r.latency.quantile(0.5)), ms(r.latency.quantile(0.9)), ms(r.latency.quantile(0.99)),
+              ms(r.latency.max()), r.latency.mean() / 1e6, static_cast<unsigned long long>(r.latency.count()));
+  std::printf("    connections     %u kept alive, %llu reconnects, %llu in flight at the end (not counted)\n",
+              timed.concurrency, static_cast<unsigned long long>(r.reconnects),
+              static_cast<unsigned long long>(r.in_flight_at_end));
+  const double genCpu = 100.0 * r.cpu_seconds / r.elapsed;
+  std::printf("    generator CPU   %.0f%% of one core (busiest epoll thread %.0f%%)%s\n", genCpu,
+              100.0 * r.busiest_thread_cpu, cpu ? (", pinned to CPU " + std::to_string(*cpu)).c_str() : "");
+  double serverCpu = -1;
+  if (before.ok && after.ok) {
+    serverCpu = 100.0 * (after.cpu_seconds - before.cpu_seconds) / r.elapsed;
+    std::printf("    server CPU      %.0f%% of one core (pid %ld, %ld threads), RSS %.1f MiB, peak RSS (VmHWM) %.1f MiB\n",
+                serverCpu, serverPid, after.threads, after.rss_mib, after.hwm_mib);
+  } else {
+    std::printf("    server CPU      n/a (no --server-pid)\n");
+  }
+  // Other processes on this machine (builds, tests) compete for the same cores: show how much.
+  const double otherCpu = 100.0 *
+                          (machineAfter.busy - machineBefore.busy - r.cpu_seconds -
+                           (serverCpu >= 0 ? after.cpu_seconds - before.cpu_seconds : 0)) /
+                          r.elapsed;
+  const double stealCpu = 100.0 * (machineAfter.steal - machineBefore.steal) / r.elapsed;
+  std::printf("    other load      %.0f%% of one core by other processes%s, steal %.0f%%\n", std::max(0.0, otherCpu),
+              serverCpu >= 0 ? "" : " and the server", stealCpu);
+  std::string ratios;
+  for (const std::string& c : args.values.count("ceiling") != 0 ? args.values.at("ceiling") : std::vector<std::string>{}) {
+    const std::size_t eq = c.rfind('=');
+    const double ceiling = std::stod(c.substr(eq + 1));
+    std::printf("    vs ceiling      %s %.0f /s: achieved %.1f%%\n", c.substr(0, eq).c_str(), ceiling,
+                100.0 * rps / ceiling);
+    ratios += " ratio_" + c.substr(0, eq) + "=" + std::to_string(rps / ceiling);
+  }
+  std::printf("RESULT scenario=%s rps=%.1f ok=%llu fail=%llu p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f "
+              "gen_cpu_pct=%.0f server_cpu_pct=%.0f server_rss_mib=%.1f server_hwm_mib=%.1f requests=%zu "
+              "exhausted=%d other_cpu_pct=%.0f failures=%s%s\n",
+              scenario.c_str(), rps, static_cast<unsigned long long>(r.successes),
+              static_cast<unsigned long long>(r.failures), ms(r.latency.quantile(0.5)), ms(r.latency.quantile(0.9)),
+              ms(r.latency.quantile(0.99)), ms(r.latency.max()), genCpu, serverCpu, after.rss_mib, after.hwm_mib,
+              token ? requests.size() : std::size_t{0}, r.exhausted ? 1 : 0, std::max(0.0, otherCpu), failures.empty() ? "none" : failures.c_str(),
+              ratios.c_str());
+  return 0;
+}
+
+int freePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    return 1;
+  }
+  std::printf("%u\n", static_cast<unsigned>(ntohs(address.sin_port)));
+  ::close(fd);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args args = parseArgs(argc, argv);
+    if (args.command == "crypto") {
+      return crypto(args);
+    }
+    if (args.command == "load") {
+      return load(args);
+    }
+    if (args.command == "free-port") {
+      return freePort();
+    }
+    std::cerr << kUsage;
+    return 2;
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "smartbroker-bench: " << e.what() << "\n" << kUsage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "smartbroker-bench: " << e.what() << "\n";
+    return 1;
+  }
+}
