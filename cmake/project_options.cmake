@@ -4,7 +4,7 @@ target_compile_features(smartbroker_options INTERFACE cxx_std_23)
 set(CMAKE_CXX_EXTENSIONS OFF)
 target_compile_options(smartbroker_options INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wsign-conversion -Wold-style-cast
-  -Wnon-virtual-dtor -Woverloaded-virtual -Wnull-dereference -Wformat=2)
+  -Wnon-virtual-dtor -Woverloaded-virtual -Wformat=2)
 if(SMARTBROKER_WERROR)
   target_compile_options(smartbroker_options INTERFACE -Werror)
 endif()

@@ -294,7 +294,7 @@ BOOST_AUTO_TEST_CASE(default_token_lifetime_never_exceeds_a_lowered_cap) {
 
 BOOST_AUTO_TEST_CASE(keyring_defaults_rotate_monthly_with_a_day_of_lead_and_an_hour_of_jwks_cache) {
   const Config config = parsed(kMinimalServer);
-  BOOST_TEST(config.keyring.algorithm == Alg::ES256);
+  BOOST_TEST((config.keyring.algorithm == Alg::ES256));
   BOOST_TEST(config.keyring.rotation_period.count() == 30 * 86400);
   BOOST_TEST(config.keyring.lead_time.count() == 86400);
   BOOST_TEST(config.keyring.jwks_max_age.count() == 3600);
@@ -306,7 +306,7 @@ BOOST_AUTO_TEST_CASE(keyring_defaults_rotate_monthly_with_a_day_of_lead_and_an_h
 BOOST_AUTO_TEST_CASE(keyring_lead_time_and_max_age_derive_from_a_short_rotation_period) {
   const Config config = parsed(kMinimalServer + "keyring:\n  algorithm: ES384\n  rotation_period: 10\n"
                                                 "  kek_credential: keyring-kek\n");
-  BOOST_TEST(config.keyring.algorithm == Alg::ES384);
+  BOOST_TEST((config.keyring.algorithm == Alg::ES384));
   BOOST_TEST(config.keyring.lead_time.count() == 5);
   BOOST_TEST(config.keyring.jwks_max_age.count() == 2);
   BOOST_TEST(config.keyring.kek_credential == "keyring-kek");
@@ -315,9 +315,9 @@ BOOST_AUTO_TEST_CASE(keyring_lead_time_and_max_age_derive_from_a_short_rotation_
 
 BOOST_AUTO_TEST_CASE(server_signing_algorithm_still_selects_the_keyring_algorithm) {
   const Config config = parsed(kMinimalServer + "  signing_algorithm: RS256\n");
-  BOOST_TEST(config.keyring.algorithm == Alg::RS256);
+  BOOST_TEST((config.keyring.algorithm == Alg::RS256));
   const Config agreeing = parsed(kMinimalServer + "  signing_algorithm: RS256\nkeyring:\n  algorithm: RS256\n");
-  BOOST_TEST(agreeing.keyring.algorithm == Alg::RS256);
+  BOOST_TEST((agreeing.keyring.algorithm == Alg::RS256));
 }
 
 BOOST_AUTO_TEST_CASE(keyring_kek_file_resolves_against_the_config_directory) {
