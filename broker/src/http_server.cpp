@@ -276,7 +276,9 @@ HttpServer::HttpServer(const config::Server& server, Endpoints endpoints, const 
   impl_->port = socket->address().port();
 
   const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
-  const int threads = static_cast<int>(server.threads != 0 ? server.threads : std::max(4U, 2 * cores));
+  // POCO serves each keep-alive connection on one thread for as long as it stays open, so the pool must be
+  // larger than the number of connections integration engines keep open; threads idle cheaply.
+  const int threads = static_cast<int>(server.threads != 0 ? server.threads : std::max(64U, 8 * cores));
   impl_->pool = std::make_unique<Poco::ThreadPool>(std::min(2, threads), threads);
   auto* params = new Poco::Net::HTTPServerParams;
   params->setMaxThreads(threads);

@@ -24,7 +24,7 @@ enum class DenyReason : std::uint8_t {
   MissingAssertion,
   // Client assertion (all invalid_client, 401).
   AssertionTooLarge,
-  MalformedJwt,            ///< not exactly three non-empty base64url parts
+  MalformedJwt,            ///< not three base64url parts, or an empty header or payload
   MalformedHeader,         ///< header is not a JSON object
   MalformedPayload,        ///< payload is not a JSON object
   AlgMissing,
