@@ -21,6 +21,7 @@
 
 #include "crypto.hpp"
 #include "load.hpp"
+#include "tokens.hpp"
 
 namespace {
 
@@ -241,7 +242,10 @@ int load(const Args& args) {
   const Url url = parseUrl(args.get("url", "http://127.0.0.1:8080"));
   const std::string scenario = args.get("scenario", "custom");
   const auto get = args.get("get");
-  const bool token = !get.has_value();
+  // --introspect hit|miss: POST /introspect with a bearer caller token; hit = one token again and again (the
+  // verified-token cache answers), miss = a distinct token per request (every request verifies a signature).
+  const auto introspect = args.get("introspect");
+  const bool token = !get.has_value() && !introspect.has_value();
   const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
   const unsigned genThreads = static_cast<unsigned>(args.number("gen-threads", cores));
   const std::optional<int> cpu = args.get("cpu") ? std::optional(std::stoi(*args.get("cpu"))) : std::nullopt;
@@ -252,7 +256,7 @@ int load(const Args& args) {
   timed.concurrency = static_cast<unsigned>(args.number("concurrency", 32));
   timed.threads = static_cast<unsigned>(args.number("threads", 1));
   timed.rate = args.number("rate", 0);
-  timed.expect = args.get("expect", token ? "access_token" : "");
+  timed.expect = args.get("expect", token ? "access_token" : introspect ? "\"active\":true" : "");
   const double warmup = args.number("warmup", 2);
   const std::string requestsArg = args.get("requests", "auto");
   const auto maxRequests = static_cast<std::size_t>(args.number("max-requests", 400000));
@@ -309,8 +313,44 @@ int load(const Args& args) {
   }
 
   std::vector<std::string> requests;
-  if (!token) {
+  if (get) {
     requests.push_back("GET " + url.base + *get + " HTTP/1.1\r\nHost: " + hostHeader + "\r\nAccept: */*\r\n\r\n");
+  }
+  const bool repeat = !token && !(introspect && *introspect == "miss");
+  if (introspect) {
+    // Real tokens from the broker first (not timed): the caller's, with the introspection permission, and
+    // the tokens to introspect.
+    bench::AssertionSpec caller;
+    caller.key_file = args.get("caller-key", "");
+    caller.client_id = args.get("caller-client-id", "resource-server");
+    caller.kid = args.get("caller-kid", caller.client_id);
+    caller.scope = "smart-broker:introspect";
+    caller.audience = url.text + "/token";
+    caller.path = url.base + "/token";
+    caller.host = hostHeader;
+    caller.jti_prefix = "bench-caller-" + randomHex() + "-";
+    bench::AssertionSpec subject = caller;
+    subject.key_file = args.get("key", "");
+    subject.client_id = args.get("client-id", "rs384-client");
+    subject.kid = args.get("kid", subject.client_id);
+    subject.scope = "system/*.rs";
+    subject.jti_prefix = "bench-subject-" + randomHex() + "-";
+    const std::size_t count =
+        *introspect == "miss" ? static_cast<std::size_t>(std::stoull(args.get("tokens", "30000"))) : 1;
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string bearer =
+        bench::fetchTokens(url.host, url.port, bench::makeTokenRequests(caller, 0, 1, 1), 1).front();
+    const std::vector<std::string> tokens =
+        bench::fetchTokens(url.host, url.port, bench::makeTokenRequests(subject, 0, count, genThreads), 8);
+    std::printf("  obtained %zu access token(s) to introspect in %.1f s (not timed)\n", tokens.size(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    for (const std::string& t : tokens) {
+      const std::string body = "token=" + t;
+      requests.push_back("POST " + url.base + "/introspect HTTP/1.1\r\nHost: " + hostHeader +
+                         "\r\nAuthorization: Bearer " + bearer +
+                         "\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: " +
+                         std::to_string(body.size()) + "\r\n\r\n" + body);
+    }
   }
 
   // Warm-up; with --requests auto it is also the probe that sizes the timed pool.
@@ -323,7 +363,7 @@ int load(const Args& args) {
       const double perSecond = alg == "ES384" ? 2000 : 15000;  // generous for today's server, capped below
       probeRequests = generate(std::min(maxRequests, static_cast<std::size_t>(perSecond * probe.seconds)), "warm-up");
     }
-    bench::RequestPool pool(token ? probeRequests : requests, !token);
+    bench::RequestPool pool(token ? probeRequests : requests, repeat);
     const bench::PhaseResult r = bench::runPhase(target, pool, probe);
     printPhase("warm-up", r);
     probeRate = static_cast<double>(r.successes + r.failures) / r.elapsed;
@@ -343,7 +383,7 @@ int load(const Args& args) {
 
   const ProcSample before = sample(serverPid);
   const MachineSample machineBefore = machine();
-  bench::RequestPool pool(requests, !token);
+  bench::RequestPool pool(requests, repeat);
   const bench::PhaseResult r = bench::runPhase(target, pool, timed);
   const ProcSample after = sample(serverPid);
   const MachineSample machineAfter = machine();
