@@ -138,6 +138,20 @@ std::expected<std::shared_ptr<const TokenClaims>, TokenRejection> AccessTokenVer
   claims->sub = *sub;
   claims->scope = *scope;
   claims->kid = *kid;
+  if (payload.has("consent")) {
+    // Our own claim, signed by us: an array of consent id strings (README "Consent").
+    const auto consent = payload.getArray("consent");
+    if (!consent) {
+      return std::unexpected(TokenRejection::MissingClaim);
+    }
+    for (std::size_t i = 0; i < consent->size(); ++i) {
+      const Poco::Dynamic::Var id = consent->get(static_cast<unsigned>(i));
+      if (!id.isString()) {
+        return std::unexpected(TokenRejection::MissingClaim);
+      }
+      claims->consent_ids.push_back(id.extract<std::string>());
+    }
+  }
   std::ostringstream aud;
   Poco::JSON::Stringifier::stringify(payload.get("aud"), aud);
   claims->aud_json = aud.str();

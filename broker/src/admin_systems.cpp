@@ -1,6 +1,8 @@
 // Suspend, resume, revoke all tokens of, and list tokens of a registered system.
 #include "admin_systems.hpp"
 
+#include "admin_migrate.hpp"
+
 #include <ctime>
 #include <iostream>
 #include <optional>
@@ -57,11 +59,9 @@ int runSystemsCommand(const std::vector<std::string>& args) {
     return 1;
   }
   const SystemClock clock;
-  SqliteOptions options;
-  options.path = config->server.database_path;
   std::unique_ptr<StateStore> store;
   try {
-    store = openSqliteStore(options, clock);
+    store = openConfiguredStore(config->server, clock);
   } catch (const std::exception& e) {
     std::cerr << "smart-broker: cannot open the state store: " << e.what() << '\n';
     return 1;

@@ -71,6 +71,14 @@ WireError wireError(DenyReason reason) {
     case R::JtiReplayed: return client("client_assertion jti has already been used");
     case R::ScopeMissing: return {400, kInvalidScope, "Missing scope parameter"};
     case R::NoScopeGranted: return {400, kInvalidScope, "None of the requested scopes can be granted to this client"};
+    // Why unauthorized_client: the client authenticated, but is not authorized to obtain tokens right now.
+    // invalid_client would send integrators after their keys, invalid_scope suggests another scope would do,
+    // and access_denied is an authorization endpoint code (RFC 6749 §4.1.2.1), not a token endpoint one (§5.2).
+    case R::ConsentRequired: return {400, "unauthorized_client", "No active consent authorizes this client"};
+    case R::ConsentScopeNotPermitted:
+      return {400, kInvalidScope, "The active consent permits none of the requested scopes"};
+    case R::ConsentUnavailable:
+      return {503, "temporarily_unavailable", "The consent record could not be checked; try again later"};
     case R::StoreUnavailable: return {503, "temporarily_unavailable", "The service is temporarily unavailable"};
     case R::InternalError: return {500, "server_error", "Internal server error"};
   }
@@ -132,6 +140,9 @@ std::string_view reasonName(DenyReason reason) {
     case R::JtiReplayed: return "jti_replayed";
     case R::ScopeMissing: return "scope_missing";
     case R::NoScopeGranted: return "no_scope_granted";
+    case R::ConsentRequired: return "consent_required";
+    case R::ConsentScopeNotPermitted: return "consent_scope_not_permitted";
+    case R::ConsentUnavailable: return "consent_unavailable";
     case R::StoreUnavailable: return "store_unavailable";
     case R::InternalError: return "internal_error";
   }

@@ -17,6 +17,8 @@
 #include <chrono>
 #include <thread>
 
+#include "smartbroker/broker/consent_endpoint.hpp"
+
 namespace smartbroker::broker {
 namespace {
 
@@ -24,7 +26,17 @@ using Poco::Net::HTTPResponse;
 using Poco::Net::HTTPServerRequest;
 using Poco::Net::HTTPServerResponse;
 
-enum class Route : std::uint8_t { Token, Introspect, Revoke, Jwks, SmartConfiguration, OAuthMetadata, Health, NotFound };
+enum class Route : std::uint8_t {
+  Token,
+  Introspect,
+  Revoke,
+  Consents,
+  Jwks,
+  SmartConfiguration,
+  OAuthMetadata,
+  Health,
+  NotFound,
+};
 
 /// The path part of `public_base_url`, e.g. "/smart", or "" at the root.
 std::string basePath(const std::string& publicBaseUrl) {
@@ -60,6 +72,9 @@ struct HttpServer::Impl {
     }
     if (path == "/revoke") {
       return Route::Revoke;
+    }
+    if (path.starts_with("/consents/")) {
+      return Route::Consents;
     }
     if (path == "/jwks.json") {
       return Route::Jwks;
@@ -133,6 +148,18 @@ struct HttpServer::Impl {
         }
         break;
       }
+      case Route::Consents: {
+        if (endpoints.consent == nullptr) {
+          break;
+        }
+        if (request.method == "PUT" || request.method == "DELETE") {
+          // A FHIR Consent may be larger than a token request: its own limit (consent.max_resource_bytes).
+          if (auto failure = readBody(raw, request, endpoints.consent->maxBodyBytes())) {
+            return *failure;
+          }
+        }
+        return endpoints.consent->handle(request);
+      }
       case Route::Jwks: {
         if (auto refused = getOnly(request.method, true)) {
           return *refused;
@@ -166,8 +193,8 @@ struct HttpServer::Impl {
   }
 
   /// Reads at most the configured number of bytes; a longer body is refused without being read.
-  std::optional<HttpReply> readBody(HTTPServerRequest& raw, HttpRequest& request) const {
-    const std::size_t limit = config.limits.max_body_bytes;
+  std::optional<HttpReply> readBody(HTTPServerRequest& raw, HttpRequest& request, std::size_t maxBytes = 0) const {
+    const std::size_t limit = maxBytes != 0 ? maxBytes : config.limits.max_body_bytes;
     const auto tooLarge = [&] {
       log.event("request_refused", {{"reason", "body_too_large"}, {"path", request.path}});
       return error(413, "invalid_request", "Request body is too large");

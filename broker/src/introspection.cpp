@@ -3,6 +3,7 @@
 
 #include "json_text.hpp"
 #include "jws.hpp"
+#include "smartbroker/broker/consent.hpp"
 
 namespace smartbroker::broker {
 namespace {
@@ -152,6 +153,11 @@ HttpReply IntrospectionEndpoint::handle(const HttpRequest& request) const {
                                    {"reason", claims ? "revoked_or_blocked" : rejectionName(claims.error())}});
     return HttpReply::noStoreJson(200, "{\"active\":false}");
   }
+  // Consent is re-checked (within the cache time) after the cheaper checks; a withdrawal seen here revokes.
+  if (s_.consent != nullptr && !s_.consent->tokenAuthorized(**claims)) {
+    s_.log.event("introspection", {{"outcome", "inactive"}, {"caller", caller}, {"reason", "consent_not_active"}});
+    return HttpReply::noStoreJson(200, "{\"active\":false}");
+  }
   const TokenClaims& c = **claims;
   std::string body = "{\"active\":true,";
   appendJsonMember(body, "scope", c.scope);
@@ -164,6 +170,14 @@ HttpReply IntrospectionEndpoint::handle(const HttpRequest& request) const {
   body += ",\"aud\":" + c.aud_json;
   body += ",\"exp\":" + std::to_string(c.exp) + ",\"iat\":" + std::to_string(c.iat) + ',';
   appendJsonMember(body, "jti", c.jti);
+  if (!c.consent_ids.empty()) {
+    body += ",\"consent\":[";
+    for (std::size_t i = 0; i < c.consent_ids.size(); ++i) {
+      body += i == 0 ? "" : ",";
+      appendJsonString(body, c.consent_ids[i]);
+    }
+    body += ']';
+  }
   body += ",\"token_type\":\"bearer\"}";
   s_.log.event("introspection", {{"outcome", "active"}, {"caller", caller}, {"client_id", c.client_id}, {"jti", c.jti}});
   return HttpReply::noStoreJson(200, std::move(body));

@@ -23,10 +23,14 @@
 #include <vector>
 
 #include "admin.hpp"
+#include "admin_migrate.hpp"
 #include "admin_systems.hpp"
+#include "consent_http.hpp"
 #include "smartbroker/broker/access_token.hpp"
 #include "smartbroker/broker/client_auth.hpp"
 #include "smartbroker/broker/client_key_source.hpp"
+#include "smartbroker/broker/consent.hpp"
+#include "smartbroker/broker/consent_endpoint.hpp"
 #include "smartbroker/broker/introspection.hpp"
 #include "smartbroker/broker/token_state.hpp"
 #include "smartbroker/broker/discovery.hpp"
@@ -48,16 +52,22 @@ constexpr const char* kUsage =
     "usage: smart-broker --config FILE        run the broker\n"
     "       smart-broker --check-config FILE  validate FILE, print every problem as file:line: key: problem\n"
     "       smart-broker systems list|suspend|resume|revoke-tokens|tokens ... --config FILE\n"
+    "       smart-broker migrate --config FILE  apply pending state store migrations\n"
     "       smart-broker keys list|rotate [--now]|retire KID|revoke KID [--force]|export-jwks [--config FILE]\n"
     "       smart-broker --version | --help\n";
 
 /// The broker permission that lets a system introspect tokens (pre-authorize it like a scope).
 const std::string kIntrospectionPermission = "smart-broker:introspect";
+/// The broker permission that lets a system (the consent platform) PUT and DELETE /consents/{id}.
+const std::string kConsentAdminPermission = "smart-broker:consent-admin";
+
+/// Every broker permission a registration may list under `scopes:`.
+std::vector<std::string> brokerPermissions() { return {kIntrospectionPermission, kConsentAdminPermission}; }
 
 sb::config::Validators validators() {
   sb::config::Validators v;
   v.scope = [](const std::string& scope) -> std::optional<std::string> {
-    if (scope == kIntrospectionPermission) {
+    if (scope == kIntrospectionPermission || scope == kConsentAdminPermission) {
       return std::nullopt;
     }
     if (!sb::broker::parseSystemScope(scope)) {
@@ -170,9 +180,8 @@ int run(const std::string& configPath, sigset_t signals) {
       });
     });
 
-    sb::broker::SqliteOptions storeOptions;
-    storeOptions.path = server.database_path;
-    const auto store = sb::broker::openSqliteStore(storeOptions, clock);
+    // server.storage: SQLite on this machine, or PostgreSQL shared with the other instances (migrated at open).
+    const auto store = sb::broker::openConfiguredStore(server, clock);
 
     sb::broker::TokenState tokenState;
     if (!tokenState.sync(*store, clock.now())) {
@@ -180,7 +189,7 @@ int run(const std::string& configPath, sigset_t signals) {
       return 1;
     }
     auto registryValue =
-        std::make_shared<const sb::broker::ClientRegistry>(config->systems, std::vector{kIntrospectionPermission});
+        std::make_shared<const sb::broker::ClientRegistry>(config->systems, brokerPermissions());
     sb::broker::Snapshot<sb::broker::DiscoveryDocuments> discovery(
         std::make_shared<const sb::broker::DiscoveryDocuments>(
             sb::broker::buildDiscovery(server, registryValue->allAlgorithms())));
@@ -216,13 +225,37 @@ int run(const std::string& configPath, sigset_t signals) {
     // The assertion may use the whole body at the form layer, so that an oversized one is refused by the
     // authenticator as invalid_client (SPEC "Authenticating" 1) rather than as a malformed request.
     tokenPolicy.form.max_large_value_bytes = server.limits.max_body_bytes;
-    const sb::broker::TokenEndpoint token(tokenPolicy, authenticator, *store, keys, clock, log);
+    // Consent (README "Consent"): the local store or a FHIR server, and the outbox of withdrawal notifications.
+    sb::broker::ConsentOptions consentOptions;
+    consentOptions.settings = config->consent;
+    consentOptions.max_scope_count = server.limits.max_scope_count;
+    const bool fhirConsent = config->consent.source == sb::config::ConsentSettings::Source::Fhir;
+    sb::broker::ConsentMapping consentMapping{config->consent.grantee_identifier_system,
+                                              config->consent.max_resource_bytes};
+    sb::broker::ConsentService consents(
+        consentOptions, fhirConsent ? sb::broker::makeFhirConsentSource(config->consent, consentMapping) : nullptr,
+        *store, tokenState, clock, log);
+    std::unique_ptr<sb::broker::ConsentNotifier> notifier;
+    if (config->consent.notification_url) {
+      notifier = std::make_unique<sb::broker::ConsentNotifier>(
+          *store, sb::broker::makeNotificationSender(config->consent),
+          config->consent.retry_initial_backoff.count(), config->consent.retry_max_backoff.count(), clock, log);
+      consents.onNotificationQueued([&notifier] { notifier->wake(); });
+    }
+
+    const sb::broker::TokenEndpoint token(tokenPolicy, authenticator, *store, keys, clock, log, &consents);
 
     const sb::broker::AccessTokenVerifier verifier(server.issuer(), keys, clock, server.clock_skew.count());
     const sb::broker::TokenServices services{verifier, tokenState, registry, *store, clock, log,
-                                             tokenPolicy.form, server.clock_skew.count()};
+                                             tokenPolicy.form, server.clock_skew.count(), &consents};
     const sb::broker::IntrospectionEndpoint introspection(services, introspectAuth, kIntrospectionPermission);
     const sb::broker::RevocationEndpoint revocation(services, revokeAuth);
+    // Consent admin callers name {base}/consents in aud (the token endpoint and issuer are accepted too).
+    sb::broker::AssertionPolicy consentPolicy = introspectPolicy;
+    consentPolicy.audience = server.public_base_url + "/consents";
+    const sb::broker::ClientAuthenticator consentAuth(consentPolicy, registry, keySource, clock, &tokenState);
+    const sb::broker::ConsentEndpoint consentEndpoint(consents, verifier, tokenState, registry, *store, consentAuth,
+                                                      kConsentAdminPermission, server.clock_skew.count(), log);
 
     // Maintenance: follow revocations and suspensions made elsewhere (admin commands, other instances) within
     // one second, and forget revocations of tokens that have expired.
@@ -247,6 +280,9 @@ int run(const std::string& configPath, sigset_t signals) {
     sb::broker::Endpoints endpoints{token, keys, discovery, *store, (*keyring)->policy().jwks_max_age};
     endpoints.introspection = &introspection;
     endpoints.revocation = &revocation;
+    if (consents.local()) {
+      endpoints.consent = &consentEndpoint;
+    }
     sb::broker::HttpServer http(server, endpoints, log);
     http.start();
     log.event("listening", {{"address", server.listen_address},
@@ -275,7 +311,7 @@ int run(const std::string& configPath, sigset_t signals) {
         // Only the registry reloads; listener, keys and store settings apply at the next start.
         if (auto next = load(configPath, log, false)) {
           auto nextRegistry = std::make_shared<const sb::broker::ClientRegistry>(
-              next->systems, std::vector{kIntrospectionPermission});
+              next->systems, brokerPermissions());
           discovery.set(std::make_shared<const sb::broker::DiscoveryDocuments>(
               sb::broker::buildDiscovery(server, nextRegistry->allAlgorithms())));
           registry.set(nextRegistry);
@@ -317,6 +353,9 @@ int main(int argc, char** argv) {
   }
   if (!args.empty() && args[0] == "keys") {
     return sb::broker::runKeysCommand({args.begin() + 1, args.end()});
+  }
+  if (!args.empty() && args[0] == "migrate") {
+    return sb::broker::runMigrateCommand({args.begin() + 1, args.end()});
   }
   if (!args.empty() && args[0] == "systems") {
     return sb::broker::runSystemsCommand({args.begin() + 1, args.end()});

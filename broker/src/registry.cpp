@@ -35,6 +35,7 @@ ClientRegistry::ClientRegistry(const std::vector<config::System>& systems,
     }
     client->jwks_uri = s.jwks_uri;
     client->token_lifetime = s.token_lifetime;
+    client->consent = s.consent;
     clients_.emplace(s.client_id, std::move(client));
   }
 }

@@ -7,6 +7,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -22,6 +23,7 @@ namespace {
 using Poco::Data::Keywords::into;
 using Poco::Data::Keywords::now;
 using Poco::Data::Keywords::use;
+using Poco::Data::Keywords::useRef;
 
 /// Migrations, applied in order, each once. The SQL is meant to serve PostgreSQL as well, except where noted.
 const char* const kMigrations[] = {
@@ -38,6 +40,22 @@ const char* const kMigrations[] = {
     " id INTEGER PRIMARY KEY AUTOINCREMENT, jti TEXT NOT NULL UNIQUE, client_id TEXT NOT NULL, exp BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS system_state ("
     " client_id TEXT PRIMARY KEY, suspended INTEGER NOT NULL DEFAULT 0, revoked_before BIGINT NOT NULL DEFAULT 0)",
+    // Consent (README "Consent"): local records, their grantees, token links and the notification outbox.
+    "CREATE TABLE IF NOT EXISTS consents ("
+    " id TEXT PRIMARY KEY, status TEXT NOT NULL, resource TEXT NOT NULL, updated_at BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS consent_grantees ("
+    " consent_id TEXT NOT NULL, client_id TEXT NOT NULL, PRIMARY KEY (consent_id, client_id))",
+    "CREATE INDEX IF NOT EXISTS consent_grantees_client ON consent_grantees (client_id)",
+    "CREATE TABLE IF NOT EXISTS token_consents ("
+    " consent_id TEXT NOT NULL, jti TEXT NOT NULL, client_id TEXT NOT NULL, exp BIGINT NOT NULL,"
+    " PRIMARY KEY (consent_id, jti))",
+    "CREATE INDEX IF NOT EXISTS token_consents_exp ON token_consents (exp)",
+    // token_ids: the revoked jtis, space-separated (jtis are base64url). PostgreSQL: an identity column for id.
+    "CREATE TABLE IF NOT EXISTS consent_outbox ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT, consent_id TEXT NOT NULL, token_ids TEXT NOT NULL,"
+    " event_time BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT NOT NULL,"
+    " delivered_at BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX IF NOT EXISTS consent_outbox_due ON consent_outbox (delivered_at, next_attempt_at)",
 };
 
 /// First use wins; a row whose assertion has expired may be taken over by a new assertion with that jti
@@ -50,6 +68,21 @@ constexpr const char* kRecordToken =
     "INSERT INTO tokens (jti, client_id, scope, iat, exp, kid) VALUES ($1, $2, $3, $4, $5, $6)";
 
 constexpr std::size_t kOpenTimeoutSeconds = 1;
+/// Delivered notifications are kept this long, for audit.
+constexpr std::int64_t kOutboxRetentionSeconds = 7 * 24 * 3600;
+
+std::vector<std::string> splitSpaces(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    const std::size_t end = std::min(text.find(' ', start), text.size());
+    if (end > start) {
+      out.push_back(text.substr(start, end - start));
+    }
+    start = end + 1;
+  }
+  return out;
+}
 /// Token records are kept this long after they expire, for audit and `tokens` listings.
 constexpr std::int64_t kTokenRetentionSeconds = 24 * 3600;
 
@@ -96,7 +129,15 @@ class Prepared {
   sqlite3_stmt* stmt_ = nullptr;
 };
 
-enum class Op : std::uint8_t { RecordJti, RevokeToken, SetSuspended, RevokeAll };
+enum class Op : std::uint8_t {
+  RecordJti,
+  RevokeToken,
+  SetSuspended,
+  RevokeAll,
+  ConsentChange,
+  NotificationDelivered,
+  NotificationFailed,
+};
 
 /// One write waiting for the writer thread. Lives on the caller's stack until `done`.
 struct Pending {
@@ -105,6 +146,9 @@ struct Pending {
   std::string b;   ///< jti / client_id
   std::int64_t n = 0;  ///< expires_at / exp / suspended / before
   const IssuedToken* issued = nullptr;
+  std::int64_t m = 0;  ///< notification: delivered_at / next_attempt_at
+  const ConsentChange* consent = nullptr;
+  ConsentChangeResult consentResult;
   JtiOutcome outcome = JtiOutcome::Replayed;
   std::string error;
   bool done = false;
@@ -233,6 +277,104 @@ class SqliteStore final : public StateStore {
     return changes;
   }
 
+  std::expected<std::optional<StoredConsent>, StoreError> findConsent(std::string_view id) override {
+    std::vector<std::string> statuses;
+    std::vector<std::string> resources;
+    std::vector<Poco::Int64> updated;
+    std::vector<std::string> grantees;
+    std::string key(id);
+    try {
+      std::lock_guard lock(readerMutex_);
+      reader_ << "SELECT status, resource, updated_at FROM consents WHERE id = $1", into(statuses), into(resources),
+          into(updated), use(key), now;
+      if (statuses.empty()) {
+        return std::optional<StoredConsent>();
+      }
+      reader_ << "SELECT client_id FROM consent_grantees WHERE consent_id = $1 ORDER BY client_id", into(grantees),
+          use(key), now;
+    } catch (const Poco::Exception& e) {
+      return std::unexpected(StoreError{e.displayText()});
+    }
+    return std::optional<StoredConsent>(StoredConsent{key, statuses[0], resources[0], grantees, updated[0]});
+  }
+
+  std::expected<std::vector<StoredConsent>, StoreError> consentsForGrantee(std::string_view clientId) override {
+    std::vector<std::string> ids;
+    std::string client(clientId);
+    try {
+      std::lock_guard lock(readerMutex_);
+      reader_ << "SELECT consent_id FROM consent_grantees WHERE client_id = $1 ORDER BY consent_id", into(ids),
+          use(client), now;
+    } catch (const Poco::Exception& e) {
+      return std::unexpected(StoreError{e.displayText()});
+    }
+    std::vector<StoredConsent> out;
+    for (const std::string& id : ids) {
+      auto found = findConsent(id);
+      if (!found) {
+        return std::unexpected(found.error());
+      }
+      if (*found) {
+        out.push_back(std::move(**found));
+      }
+    }
+    return out;
+  }
+
+  std::expected<ConsentChangeResult, StoreError> applyConsentChange(const ConsentChange& change,
+                                                                   std::int64_t nowSeconds) override {
+    Pending p;
+    p.op = Op::ConsentChange;
+    p.consent = &change;
+    p.n = nowSeconds;
+    if (auto ok = submit(p); !ok) {
+      return std::unexpected(ok.error());
+    }
+    return std::move(p.consentResult);
+  }
+
+  std::expected<std::vector<ConsentNotification>, StoreError> dueNotifications(std::int64_t nowSeconds,
+                                                                              std::size_t limit) override {
+    std::vector<Poco::Int64> ids;
+    std::vector<std::string> consents;
+    std::vector<std::string> tokens;
+    std::vector<Poco::Int64> times;
+    std::vector<int> attempts;
+    Poco::Int64 at = nowSeconds;
+    auto max = static_cast<Poco::Int64>(limit);
+    try {
+      std::lock_guard lock(readerMutex_);
+      reader_ << "SELECT id, consent_id, token_ids, event_time, attempts FROM consent_outbox"
+                 " WHERE delivered_at = 0 AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+          into(ids), into(consents), into(tokens), into(times), into(attempts), use(at), use(max), now;
+    } catch (const Poco::Exception& e) {
+      return std::unexpected(StoreError{e.displayText()});
+    }
+    std::vector<ConsentNotification> out;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      out.push_back({ids[i], consents[i], splitSpaces(tokens[i]), times[i], attempts[i]});
+    }
+    return out;
+  }
+
+  std::expected<void, StoreError> notificationDelivered(std::int64_t id, std::int64_t nowSeconds) override {
+    Pending p;
+    p.op = Op::NotificationDelivered;
+    p.n = id;
+    p.m = nowSeconds;
+    return submit(p);
+  }
+
+  std::expected<void, StoreError> notificationFailed(std::int64_t id, std::int64_t nextAttemptAt,
+                                                     std::string_view error) override {
+    Pending p;
+    p.op = Op::NotificationFailed;
+    p.n = id;
+    p.m = nextAttemptAt;
+    p.a = error.substr(0, 512);
+    return submit(p);
+  }
+
   bool healthy() const override { return healthy_.load(std::memory_order_relaxed); }
 
  private:
@@ -300,6 +442,12 @@ class SqliteStore final : public StateStore {
                 insertToken.text(1, t.jti).text(2, t.client_id).text(3, t.scope).integer(4, t.iat).integer(5, t.exp)
                     .text(6, t.kid)
                     .run();
+                // The consent links go into the same transaction: a withdrawal always finds every token issued.
+                for (const std::string& consentId : t.consent_ids) {
+                  session_ << "INSERT INTO token_consents (consent_id, jti, client_id, exp) VALUES ($1, $2, $3, $4)"
+                              " ON CONFLICT (consent_id, jti) DO NOTHING",
+                      useRef(consentId), useRef(t.jti), useRef(t.client_id), useRef(t.exp), now;
+                }
               }
               break;
             case Op::RevokeToken:
@@ -311,6 +459,17 @@ class SqliteStore final : public StateStore {
               session_ << "INSERT INTO system_state (client_id, suspended, revoked_before) VALUES ($1, $2, 0)"
                           " ON CONFLICT (client_id) DO UPDATE SET suspended = excluded.suspended",
                   use(p.a), use(p.n), now;
+              break;
+            case Op::ConsentChange:
+              applyConsent(p, nowSeconds);
+              break;
+            case Op::NotificationDelivered:
+              session_ << "UPDATE consent_outbox SET delivered_at = $1 WHERE id = $2", use(p.m), use(p.n), now;
+              break;
+            case Op::NotificationFailed:
+              session_ << "UPDATE consent_outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2"
+                          " WHERE id = $3",
+                  use(p.m), use(p.a), use(p.n), now;
               break;
             case Op::RevokeAll:
               session_ << "INSERT INTO system_state (client_id, suspended, revoked_before) VALUES ($1, 0, $2)"
@@ -352,12 +511,76 @@ class SqliteStore final : public StateStore {
     }
   }
 
+  /// One consent change inside the writer's transaction (StateStore::applyConsentChange).
+  void applyConsent(Pending& p, Poco::Int64 nowSeconds) {
+    const ConsentChange& c = *p.consent;
+    ConsentChangeResult result;
+    std::string id = c.consent_id;
+    if (c.action == ConsentChange::Record::Upsert) {
+      std::string status = c.record.status;
+      std::string resource = c.record.resource;
+      Poco::Int64 updated = c.record.updated_at;
+      session_ << "INSERT INTO consents (id, status, resource, updated_at) VALUES ($1, $2, $3, $4)"
+                  " ON CONFLICT (id) DO UPDATE SET status = excluded.status, resource = excluded.resource,"
+                  " updated_at = excluded.updated_at",
+          use(id), use(status), use(resource), use(updated), now;
+    }
+    if (c.action != ConsentChange::Record::Keep) {
+      session_ << "DELETE FROM consent_grantees WHERE consent_id = $1", use(id), now;
+    }
+    if (c.action == ConsentChange::Record::Upsert) {
+      for (const std::string& grantee : c.record.grantees) {
+        session_ << "INSERT INTO consent_grantees (consent_id, client_id) VALUES ($1, $2)"
+                    " ON CONFLICT (consent_id, client_id) DO NOTHING",
+            use(id), useRef(grantee), now;
+      }
+    } else if (c.action == ConsentChange::Record::Delete) {
+      session_ << "DELETE FROM consents WHERE id = $1", use(id), now;
+    }
+
+    std::vector<std::string> jtis;
+    std::vector<std::string> clients;
+    std::vector<Poco::Int64> exps;
+    Poco::Int64 at = nowSeconds;
+    session_ << "SELECT tc.jti, tc.client_id, tc.exp FROM token_consents tc"
+                " WHERE tc.consent_id = $1 AND tc.exp > $2"
+                " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.jti = tc.jti) ORDER BY tc.jti",
+        into(jtis), into(clients), into(exps), use(id), use(at), now;
+    for (std::size_t i = 0; i < jtis.size(); ++i) {
+      const bool kept = std::find(c.keep_clients.begin(), c.keep_clients.end(), clients[i]) != c.keep_clients.end();
+      if (!c.revoke_all && kept) {
+        continue;
+      }
+      session_ << "INSERT INTO revocations (jti, client_id, exp) VALUES ($1, $2, $3) ON CONFLICT (jti) DO NOTHING",
+          use(jtis[i]), use(clients[i]), use(exps[i]), now;
+      result.revoked.push_back({0, jtis[i], clients[i], exps[i]});
+    }
+
+    if (c.notify && (c.notify_always || !result.revoked.empty())) {
+      std::string tokens;
+      for (const Revocation& r : result.revoked) {
+        tokens += tokens.empty() ? "" : " ";
+        tokens += r.jti;
+      }
+      Poco::Int64 outboxId = 0;
+      // Written with the revocations: a crash after the commit still delivers, before it nothing happened.
+      session_ << "INSERT INTO consent_outbox (consent_id, token_ids, event_time, attempts, next_attempt_at,"
+                  " delivered_at, last_error) VALUES ($1, $2, $3, 0, $3, 0, '') RETURNING id",
+          into(outboxId), use(id), use(tokens), use(at), now;
+      result.notification_id = outboxId;
+    }
+    p.consentResult = std::move(result);
+  }
+
   void prune(Poco::Int64 nowSeconds) {
     try {
       Poco::Int64 tokensBefore = nowSeconds - kTokenRetentionSeconds;
       session_ << "DELETE FROM replay WHERE expires_at < $1", use(nowSeconds), now;
       session_ << "DELETE FROM revocations WHERE exp < $1", use(nowSeconds), now;
       session_ << "DELETE FROM tokens WHERE exp < $1", use(tokensBefore), now;
+      Poco::Int64 deliveredBefore = nowSeconds - kOutboxRetentionSeconds;
+      session_ << "DELETE FROM token_consents WHERE exp < $1", use(nowSeconds), now;
+      session_ << "DELETE FROM consent_outbox WHERE delivered_at > 0 AND delivered_at < $1", use(deliveredBefore), now;
     } catch (const Poco::Exception&) {
       // Pruning is housekeeping; the next round tries again.
     }

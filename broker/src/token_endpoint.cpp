@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "json_text.hpp"
+#include "smartbroker/broker/consent.hpp"
 #include "smartbroker/jwks/base64url.hpp"
 
 namespace smartbroker::broker {
@@ -58,8 +59,10 @@ std::expected<TokenRequest, Denial> readRequest(const Form& form) {
 }  // namespace
 
 TokenEndpoint::TokenEndpoint(TokenPolicy policy, const ClientAuthenticator& auth, StateStore& store,
-                             const KeyringHolder& keys, const Clock& clock, const Log& log)
-    : policy_(std::move(policy)), auth_(auth), store_(store), keys_(keys), clock_(clock), log_(log) {}
+                             const KeyringHolder& keys, const Clock& clock, const Log& log,
+                             const ConsentService* consent)
+    : policy_(std::move(policy)), auth_(auth), store_(store), keys_(keys), clock_(clock), log_(log),
+      consent_(consent) {}
 
 HttpReply TokenEndpoint::deny(const Denial& denial) const {
   log_.event("token_denied", {{"client_id", denial.client_id},
@@ -116,12 +119,24 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
     return deny({DenyReason::NoScopeGranted, std::string(tokenRequest->scope->substr(0, 256)), client.client_id});
   }
 
+  // Consent after the scope grant (it can only narrow it) and before the jti is spent, so that a refusal leaves the
+  // assertion unspent; the token is linked to the consents that authorized it.
+  std::vector<std::string> consentIds;
+  if (consent_ != nullptr) {
+    auto consented = consent_->checkIssuance(client, scope);
+    if (!consented) {
+      return deny(consented.error());
+    }
+    scope = std::move(consented->scope);
+    consentIds = std::move(consented->consent_ids);
+  }
+
   const auto keys = keys_.get();
   const std::int64_t lifetime =
       std::min(policy_.max_lifetime, client.token_lifetime ? client.token_lifetime->count() : policy_.default_lifetime);
   const std::int64_t iat = clock_.now();
   const std::string jti = randomId();
-  const IssuedToken issued{jti, client.client_id, scope, iat, iat + lifetime, keys->active->kid()};
+  const IssuedToken issued{jti, client.client_id, scope, iat, iat + lifetime, keys->active->kid(), consentIds};
 
   // The jti is recorded last: a request refused for any other reason leaves the assertion unspent. The issued
   // token's record goes into the same transaction.
@@ -157,6 +172,14 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
   appendJsonMember(claims, "jti", jti);
   claims += ',';
   appendJsonMember(claims, "scope", scope);
+  if (!consentIds.empty()) {
+    claims += ",\"consent\":[";
+    for (std::size_t i = 0; i < consentIds.size(); ++i) {
+      claims += i == 0 ? "" : ",";
+      appendJsonString(claims, consentIds[i]);
+    }
+    claims += ']';
+  }
   claims += '}';
 
   const std::string token = keys->active->signCompact("at+jwt", claims);

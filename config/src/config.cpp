@@ -18,6 +18,12 @@
 //     state_directory: /var/lib/smart-broker          # required, non-empty path
 //     database_path: /var/lib/smart-broker/smart-broker.db
 //                                        # optional; default <state_directory>/smart-broker.db
+//     storage: sqlite                    # sqlite | postgresql; default sqlite (README "Running several instances")
+//     postgresql:                        # optional map; required (with connection) when storage is postgresql
+//       connection: "host=127.0.0.1 port=5432 dbname=smartbroker user=smartbroker"
+//                                        # required, non-empty libpq key=value connection string (a password is
+//                                        # better kept in ~/.pgpass or PGPASSFILE than here)
+//       pool_size: 8                     # 2..256 connections per instance; default 8
 //     signing_algorithm: ES256           # deprecated: use keyring.algorithm (ES256 | RS256 here); when both are
 //                                        # set they must agree
 //     threads: 0                         # 0..1024 (0 = 2 x cores, at least 4); default 0
@@ -74,6 +80,31 @@
 //                                        # https URL; plain http only for the loopback hosts 127.0.0.1, ::1
 //                                        # and localhost, and only with server.jwks_fetch.allow_http_loopback;
 //                                        # no userinfo or fragment
+//       consent:                         # optional map (README "Consent")
+//         required: true                 # true | false; default false. true needs references or rule
+//         references: [consent-123]      # optional list of FHIR Consent ids, each [A-Za-z0-9.-]{1,64}, no
+//                                        # duplicates; only with required: true
+//         rule: grantee                  # optional, only value grantee: also any active local consent whose
+//                                        # grantee is this system; only with required: true and source local
+//   consent:                             # optional map; every member optional (README "Consent")
+//     source: local                      # local (PUT/DELETE /consents/{id}) | fhir; default local
+//     fhir_base_url: https://fhir.example.org/r4
+//                                        # required with source fhir, refused with local: absolute https URL (http
+//                                        # only to loopback hosts with allow_http_loopback), no query or fragment;
+//                                        # trailing slashes removed; consents are read from
+//                                        # {fhir_base_url}/Consent/{id}
+//     cache_seconds: 10                  # seconds, 0..300: how long a looked-up consent is believed; default 10
+//     connect_timeout: 3                 # seconds, 1..60 (FHIR reads and notifications)
+//     read_timeout: 5                    # seconds, 1..60
+//     max_resource_bytes: 65536          # 1024..1048576: a Consent resource, PUT or fetched
+//     allow_http_loopback: false         # true | false: plain http to 127.0.0.1, ::1, localhost (tests only)
+//     grantee_identifier_system: urn:smart-broker:client-id
+//                                        # non-empty: the Identifier.system whose value is a client_id
+//     notification_url: https://consent.example.org/withdrawals
+//                                        # optional, same URL rules as fhir_base_url: withdrawal notifications
+//     retry:                             # optional map: notification retries (exponential backoff, no limit)
+//       initial_backoff: 1               # seconds, 1..3600; default 1
+//       max_backoff: 300                 # seconds, initial_backoff..86400; default 300
 //
 // Value rules: integers and durations are plain decimal integers (durations in seconds): "30s", 1.5, true and
 // quoted "30" are refused. Booleans are exactly true or false. Strings are any scalar (an empty value or ~ is
@@ -454,11 +485,16 @@ class Loader {
 
     Config config;
     config.source = file_;
-    if (auto fields = fieldsOf(Item{root, lineOf(root, 1), ""}, {"server", "keyring", "systems"})) {
+    if (auto fields = fieldsOf(Item{root, lineOf(root, 1), ""}, {"server", "keyring", "systems", "consent"})) {
       if (auto server = required(*fields, "server")) {
         parseServer(*server, config.server);
       }
       parseKeyring(fields->get("keyring"), config.server, config.keyring);
+      // Before systems: a system's consent rule depends on the consent source.
+      if (auto consent = fields->get("consent")) {
+        parseConsentSettings(*consent, config.consent);
+      }
+      consentSource_ = config.consent.source;
       if (auto systems = fields->get("systems")) {
         parseSystems(*systems, config.server, config.systems);
       }
@@ -618,7 +654,8 @@ class Loader {
     const auto fields = fieldsOf(item, {"listen_address", "port", "public_base_url", "audiences", "token_lifetime",
                                         "max_token_lifetime", "clock_skew", "max_assertion_lifetime",
                                         "state_directory", "database_path", "signing_algorithm", "threads",
-                                        "max_queued", "keep_alive_timeout", "limits", "jwks_fetch", "tls"});
+                                        "max_queued", "keep_alive_timeout", "limits", "jwks_fetch", "tls",
+                                        "storage", "postgresql"});
     if (!fields) {
       return;
     }
@@ -730,6 +767,46 @@ class Loader {
     }
     if (const auto v = fields->get("tls")) {
       parseTls(*v, server.tls);
+    }
+    parseStorage(*fields, server);
+  }
+
+  /// `server.storage` and `server.postgresql`: a connection string is required exactly when it is used.
+  void parseStorage(const Fields& fields, Server& server) {
+    std::optional<int> storageLine;
+    if (const auto v = fields.get("storage")) {
+      if (const auto name = text(*v)) {
+        storageLine = v->line;
+        if (*name == "sqlite") {
+          server.storage = Server::Storage::Sqlite;
+        } else if (*name == "postgresql") {
+          server.storage = Server::Storage::Postgresql;
+        } else {
+          problem(v->line, v->key, "must be sqlite or postgresql");
+        }
+      }
+    }
+    const auto v = fields.get("postgresql");
+    if (!v) {
+      if (server.storage == Server::Storage::Postgresql) {
+        problem(storageLine.value_or(fields.line), joinKey(fields.key, "postgresql"),
+                "missing: storage postgresql needs postgresql.connection");
+      }
+      return;
+    }
+    const auto pg = fieldsOf(*v, {"connection", "pool_size"});
+    if (!pg) {
+      return;
+    }
+    if (const auto c = required(*pg, "connection")) {
+      if (const auto connection = nonEmptyText(*c)) {
+        server.postgresql.connection = *connection;
+      }
+    }
+    if (const auto n = pg->get("pool_size")) {
+      if (const auto size = integerIn(*n, 2, 256, false)) {
+        server.postgresql.pool_size = static_cast<unsigned>(*size);
+      }
     }
   }
 
@@ -1002,7 +1079,7 @@ class Loader {
   std::optional<System> parseSystem(const Item& item, const Server& server,
                                     std::map<std::string, int, std::less<>>& firstLine) {
     const auto fields = fieldsOf(item, {"client_id", "name", "enabled", "algorithms", "scopes", "token_lifetime",
-                                        "jwks", "jwks_file", "jwks_uri"});
+                                        "jwks", "jwks_file", "jwks_uri", "consent"});
     if (!fields) {
       return std::nullopt;
     }
@@ -1050,7 +1127,183 @@ class Loader {
       }
     }
     parseKeys(*fields, server, system);
+    if (const auto v = fields->get("consent")) {
+      parseConsentRequirement(*v, system.consent);
+    }
     return system;
+  }
+
+  /// FHIR `id` (R4 §2.1.0.x id datatype): 1..64 of A-Z a-z 0-9 - and '.'. Also keeps ids safe in URLs and logs.
+  static bool isFhirId(std::string_view id) {
+    return !id.empty() && id.size() <= 64 &&
+           std::ranges::all_of(id, [](char c) { return isAsciiAlnum(c) || c == '-' || c == '.'; });
+  }
+
+  void parseConsentRequirement(const Item& item, ConsentRequirement& out) {
+    const auto fields = fieldsOf(item, {"required", "references", "rule"});
+    if (!fields) {
+      return;
+    }
+    if (const auto v = fields->get("required")) {
+      if (const auto required = boolean(*v)) {
+        out.required = *required;
+      }
+    }
+    const auto references = fields->get("references");
+    const auto rule = fields->get("rule");
+    if (references) {
+      if (const auto items = list(*references)) {
+        if (items->empty()) {
+          problem(references->line, references->key, "must not be empty");
+        }
+        std::set<std::string> seen;
+        for (const Item& entry : *items) {
+          const auto id = nonEmptyText(entry);
+          if (!id) {
+            continue;
+          }
+          if (!isFhirId(*id)) {
+            problem(entry.line, entry.key, "must be a FHIR id: 1 to 64 of A-Z a-z 0-9 - .");
+          } else if (!seen.insert(*id).second) {
+            problem(entry.line, entry.key, "duplicate consent reference " + *id);
+          } else {
+            out.references.push_back(*id);
+          }
+        }
+      }
+    }
+    if (rule) {
+      if (const auto name = text(*rule)) {
+        if (*name != "grantee") {
+          problem(rule->line, rule->key, "must be grantee");
+        } else if (consentSource_ == ConsentSettings::Source::Fhir) {
+          // Why: a FHIR server is read by id only; "any consent naming this system" needs the local store's index.
+          problem(rule->line, rule->key, "rule grantee needs consent.source local (a FHIR source is read by id)");
+        } else {
+          out.rule_grantee = true;
+        }
+      }
+    }
+    if (!out.required && (references || rule)) {
+      // Why: references without required would look enforced while nothing is checked.
+      problem(fields->line, fields->key, "references and rule apply only with required: true");
+    } else if (out.required && !references && !rule) {
+      problem(fields->line, fields->key, "required: true needs references or rule: grantee");
+    }
+  }
+
+  /// An http(s) URL for an outbound call of the consent module: https, or http to loopback when allowed.
+  std::optional<std::string> outboundUrl(const Item& item, bool allowHttpLoopback) {
+    const auto url = nonEmptyText(item);
+    if (!url) {
+      return std::nullopt;
+    }
+    const auto parsed = parseHttpUrl(*url);
+    if (!parsed) {
+      problem(item.line, item.key, parsed.error());
+      return std::nullopt;
+    }
+    if (parsed->hasQuery) {
+      problem(item.line, item.key, "must not have a query");
+      return std::nullopt;
+    }
+    const bool loopback = parsed->host == "127.0.0.1" || parsed->host == "::1" || parsed->host == "localhost";
+    // Why: consent decides who gets tokens; a plain-http answer could be forged in transit.
+    if (!parsed->https && !(loopback && allowHttpLoopback)) {
+      problem(item.line, item.key,
+              "must be an https URL (plain http only to loopback hosts, with consent.allow_http_loopback: true)");
+      return std::nullopt;
+    }
+    std::string out = *url;
+    while (out.ends_with('/')) {
+      out.pop_back();
+    }
+    return out;
+  }
+
+  void parseConsentSettings(const Item& item, ConsentSettings& consent) {
+    const auto fields = fieldsOf(item, {"source", "fhir_base_url", "cache_seconds", "connect_timeout", "read_timeout",
+                                        "max_resource_bytes", "allow_http_loopback", "grantee_identifier_system",
+                                        "notification_url", "retry"});
+    if (!fields) {
+      return;
+    }
+    if (const auto v = fields->get("allow_http_loopback")) {
+      if (const auto allow = boolean(*v)) {
+        consent.allow_http_loopback = *allow;
+      }
+    }
+    if (const auto v = fields->get("source")) {
+      if (const auto name = text(*v)) {
+        if (*name == "local") {
+          consent.source = ConsentSettings::Source::Local;
+        } else if (*name == "fhir") {
+          consent.source = ConsentSettings::Source::Fhir;
+        } else {
+          problem(v->line, v->key, "must be local or fhir");
+        }
+      }
+    }
+    const auto base = fields->get("fhir_base_url");
+    if (consent.source == ConsentSettings::Source::Fhir) {
+      if (!base) {
+        problem(fields->line, joinKey(fields->key, "fhir_base_url"), "missing required key (source fhir)");
+      } else if (const auto url = outboundUrl(*base, consent.allow_http_loopback)) {
+        consent.fhir_base_url = *url;
+      }
+    } else if (base) {
+      problem(base->line, base->key, "applies only with source: fhir");
+    }
+    if (const auto v = fields->get("cache_seconds")) {
+      if (const auto seconds = integerIn(*v, 0, 300, true)) {
+        consent.cache_seconds = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("connect_timeout")) {
+      if (const auto seconds = integerIn(*v, 1, 60, true)) {
+        consent.connect_timeout = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("read_timeout")) {
+      if (const auto seconds = integerIn(*v, 1, 60, true)) {
+        consent.read_timeout = Seconds{*seconds};
+      }
+    }
+    if (const auto v = fields->get("max_resource_bytes")) {
+      if (const auto n = integerIn(*v, 1024, 1024 * 1024, false)) {
+        consent.max_resource_bytes = static_cast<std::size_t>(*n);
+      }
+    }
+    if (const auto v = fields->get("grantee_identifier_system")) {
+      if (const auto system = nonEmptyText(*v)) {
+        consent.grantee_identifier_system = *system;
+      }
+    }
+    if (const auto v = fields->get("notification_url")) {
+      if (const auto url = outboundUrl(*v, consent.allow_http_loopback)) {
+        consent.notification_url = *url;
+      }
+    }
+    if (const auto v = fields->get("retry")) {
+      if (const auto retry = fieldsOf(*v, {"initial_backoff", "max_backoff"})) {
+        bool initialValid = true;
+        if (const auto r = retry->get("initial_backoff")) {
+          const auto seconds = integerIn(*r, 1, 3600, true);
+          initialValid = seconds.has_value();
+          if (seconds) {
+            consent.retry_initial_backoff = Seconds{*seconds};
+          }
+        }
+        if (const auto r = retry->get("max_backoff")) {
+          const std::int64_t lo = initialValid ? consent.retry_initial_backoff.count() : 1;
+          if (const auto seconds = integerIn(*r, lo, 86400, true, initialValid ? " (at least initial_backoff)" : "")) {
+            consent.retry_max_backoff = Seconds{*seconds};
+          }
+        } else if (initialValid && consent.retry_max_backoff < consent.retry_initial_backoff) {
+          consent.retry_max_backoff = consent.retry_initial_backoff;
+        }
+      }
+    }
   }
 
   void parseAlgorithms(const Item& item, std::vector<jwks::Alg>& algorithms) {
@@ -1225,6 +1478,7 @@ class Loader {
   const Validators& validators_;
   std::vector<Problem> problems_;
   std::optional<int> signingAlgorithmLine_;  ///< line of server.signing_algorithm, when set (keyring follows it)
+  ConsentSettings::Source consentSource_ = ConsentSettings::Source::Local;  ///< consent.source (systems follow it)
 };
 
 /// The directory relative paths resolve against: that of `source`, made absolute so that a later chdir is harmless.

@@ -137,7 +137,10 @@ const char* Broker::standardSystems() {
 
 Broker::Broker() : Broker(Options{}) {}
 
-Broker::Broker(Options options) : options_(std::move(options)) {
+Broker::Broker(Options options) : Broker(std::move(options), {}) {}
+
+Broker::Broker(Options options, std::string publicBaseUrl)
+    : options_(std::move(options)), public_base_url_(std::move(publicBaseUrl)) {
   if (options_.state_dir.empty()) {
     char tmpl[] = "/tmp/smart-broker-e2e-XXXXXX";
     const char* dir = ::mkdtemp(tmpl);
@@ -181,7 +184,8 @@ void Broker::start() {
       config << "server:\n"
              << "  listen_address: 127.0.0.1\n"
              << "  port: " << port_ << "\n"
-             << "  public_base_url: http://127.0.0.1:" << port_ << "\n"
+             << "  public_base_url: "
+             << (public_base_url_.empty() ? baseUrl() : public_base_url_) << "\n"
              << "  audiences: [https://fhir.example.org/r4]\n"
              << "  state_directory: " << state_dir_ << "/state\n"
              << options_.server_extra << "systems:" << systems;

@@ -45,6 +45,9 @@ class Broker {
   };
   Broker();
   explicit Broker(Options options);
+  /// With server.public_base_url set to `publicBaseUrl` instead of baseUrl(): instances behind one load balancer
+  /// share one (multi-instance tests). Requests still go to this instance's port.
+  Broker(Options options, std::string publicBaseUrl);
   ~Broker();
   Broker(const Broker&) = delete;
   Broker& operator=(const Broker&) = delete;
@@ -78,6 +81,7 @@ class Broker {
   std::string state_dir_;
   std::string config_path_;
   std::string log_path_;
+  std::string public_base_url_;
   pid_t pid_ = -1;
   std::uint16_t port_ = 0;
 };

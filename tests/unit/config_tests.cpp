@@ -776,3 +776,161 @@ BOOST_DATA_TEST_CASE(each_file_reports_exactly_its_expected_problem, bdata::make
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+const std::string kConsentSystem = R"(systems:
+  - client_id: exporter
+    scopes: [system/*.rs]
+    jwks: {keys: [)" + rsaJwk("k1", kRs384N) + R"(]}
+)";
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(consent_config)
+
+BOOST_AUTO_TEST_CASE(defaults_to_a_local_source_with_a_ten_second_cache_and_no_notifications) {
+  const Config config = parsed(kMinimalServer + kConsentSystem);
+  BOOST_TEST((config.consent.source == smartbroker::config::ConsentSettings::Source::Local));
+  BOOST_TEST(config.consent.cache_seconds.count() == 10);
+  BOOST_TEST(!config.consent.notification_url.has_value());
+  BOOST_TEST(config.consent.retry_initial_backoff.count() == 1);
+  BOOST_TEST(config.consent.retry_max_backoff.count() == 300);
+  BOOST_TEST(!config.systems.at(0).consent.required);
+}
+
+BOOST_AUTO_TEST_CASE(loads_a_fhir_source_with_notifications_and_retry_settings) {
+  const Config config = parsed(kMinimalServer + R"(consent:
+  source: fhir
+  fhir_base_url: https://fhir.example.org/r4/
+  cache_seconds: 3
+  connect_timeout: 2
+  read_timeout: 4
+  max_resource_bytes: 2048
+  grantee_identifier_system: https://example.org/clients
+  notification_url: https://consent.example.org/withdrawals
+  retry: {initial_backoff: 2, max_backoff: 60}
+)" + kConsentSystem + R"(    consent: {required: true, references: [c-1, c.2]}
+)");
+  const auto& c = config.consent;
+  BOOST_TEST((c.source == smartbroker::config::ConsentSettings::Source::Fhir));
+  BOOST_TEST(c.fhir_base_url == "https://fhir.example.org/r4");
+  BOOST_TEST(c.cache_seconds.count() == 3);
+  BOOST_TEST(c.connect_timeout.count() == 2);
+  BOOST_TEST(c.read_timeout.count() == 4);
+  BOOST_TEST(c.max_resource_bytes == 2048U);
+  BOOST_TEST(c.grantee_identifier_system == "https://example.org/clients");
+  BOOST_TEST(c.notification_url.value_or("") == "https://consent.example.org/withdrawals");
+  BOOST_TEST(c.retry_initial_backoff.count() == 2);
+  BOOST_TEST(c.retry_max_backoff.count() == 60);
+  const auto& r = config.systems.at(0).consent;
+  BOOST_TEST(r.required);
+  BOOST_TEST(r.references == (std::vector<std::string>{"c-1", "c.2"}), boost::test_tools::per_element());
+  BOOST_TEST(!r.rule_grantee);
+}
+
+BOOST_AUTO_TEST_CASE(accepts_the_grantee_rule_with_the_local_source) {
+  const Config config = parsed(kMinimalServer + kConsentSystem + "    consent: {required: true, rule: grantee}\n");
+  BOOST_TEST(config.systems.at(0).consent.rule_grantee);
+  BOOST_TEST(config.systems.at(0).consent.references.empty());
+}
+
+BOOST_AUTO_TEST_CASE(accepts_plain_http_to_loopback_only_with_the_opt_in) {
+  const Config config = parsed(kMinimalServer + R"(consent:
+  allow_http_loopback: true
+  notification_url: http://127.0.0.1:9000/hook
+)" + kConsentSystem);
+  BOOST_TEST(config.consent.notification_url.value_or("") == "http://127.0.0.1:9000/hook");
+}
+
+// kMinimalServer is lines 1-4; `consent:` is line 5; kConsentSystem puts the system's own keys on lines 6-9
+// when it follows directly, or later after consent lines.
+const std::vector<BrokenCase> kBrokenConsent = {
+    {"unknown_source", kMinimalServer + "consent:\n  source: ldap\n",
+     {"t.yaml:6: consent.source: must be local or fhir"}},
+    {"fhir_without_base_url", kMinimalServer + "consent:\n  source: fhir\n",
+     {"t.yaml:6: consent.fhir_base_url: missing required key (source fhir)"}},
+    {"base_url_with_local_source", kMinimalServer + "consent:\n  fhir_base_url: https://fhir.example.org\n",
+     {"t.yaml:6: consent.fhir_base_url: applies only with source: fhir"}},
+    {"plain_http_fhir_server",
+     kMinimalServer + "consent:\n  source: fhir\n  fhir_base_url: http://fhir.example.org\n",
+     {"t.yaml:7: consent.fhir_base_url: must be an https URL (plain http only to loopback hosts, with "
+      "consent.allow_http_loopback: true)"}},
+    {"loopback_http_without_opt_in", kMinimalServer + "consent:\n  notification_url: http://127.0.0.1:1/x\n",
+     {"t.yaml:6: consent.notification_url: must be an https URL (plain http only to loopback hosts, with "
+      "consent.allow_http_loopback: true)"}},
+    {"cache_too_long", kMinimalServer + "consent:\n  cache_seconds: 301\n",
+     {"t.yaml:6: consent.cache_seconds: must be between 0 and 300"}},
+    {"max_backoff_below_initial", kMinimalServer + "consent:\n  retry: {initial_backoff: 10, max_backoff: 5}\n",
+     {"t.yaml:6: consent.retry.max_backoff: must be between 10 and 86400 (at least initial_backoff)"}},
+    {"unknown_consent_key", kMinimalServer + "consent:\n  cache_second: 3\n",
+     {"t.yaml:6: consent.cache_second: unknown key (did you mean cache_seconds?)"}},
+    {"required_without_references_or_rule", kMinimalServer + kConsentSystem + "    consent: {required: true}\n",
+     {"t.yaml:9: systems[0].consent: required: true needs references or rule: grantee"}},
+    {"references_without_required", kMinimalServer + kConsentSystem + "    consent: {references: [c1]}\n",
+     {"t.yaml:9: systems[0].consent: references and rule apply only with required: true"}},
+    {"reference_not_a_fhir_id", kMinimalServer + kConsentSystem + "    consent: {required: true, references: [a/b]}\n",
+     {"t.yaml:9: systems[0].consent.references[0]: must be a FHIR id: 1 to 64 of A-Z a-z 0-9 - ."}},
+    {"duplicate_reference", kMinimalServer + kConsentSystem + "    consent: {required: true, references: [c1, c1]}\n",
+     {"t.yaml:9: systems[0].consent.references[1]: duplicate consent reference c1"}},
+    {"unknown_rule", kMinimalServer + kConsentSystem + "    consent: {required: true, rule: anyone}\n",
+     {"t.yaml:9: systems[0].consent.rule: must be grantee"}},
+    {"grantee_rule_with_fhir_source",
+     kMinimalServer + "consent: {source: fhir, fhir_base_url: 'https://fhir.example.org'}\n" + kConsentSystem +
+         "    consent: {required: true, rule: grantee}\n",
+     {"t.yaml:10: systems[0].consent.rule: rule grantee needs consent.source local (a FHIR source is read by id)"}},
+};
+
+BOOST_DATA_TEST_CASE(reports_each_consent_problem_with_file_line_and_key, bdata::make(kBrokenConsent), c) {
+  const std::vector<std::string> actual = problemsOf(c.yaml);
+  BOOST_TEST(actual == c.expected, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(storage_config)
+
+BOOST_AUTO_TEST_CASE(defaults_to_sqlite) {
+  const Config config = parsed(kMinimalServer);
+  BOOST_TEST((config.server.storage == smartbroker::config::Server::Storage::Sqlite));
+  BOOST_TEST(config.server.postgresql.connection.empty());
+  BOOST_TEST(config.server.postgresql.pool_size == 8U);
+}
+
+BOOST_AUTO_TEST_CASE(loads_postgresql_storage_with_its_connection_and_pool_size) {
+  const Config config = parsed(kMinimalServer + R"(  storage: postgresql
+  postgresql:
+    connection: "host=127.0.0.1 port=5433 dbname=broker user=broker"
+    pool_size: 4
+)");
+  BOOST_TEST((config.server.storage == smartbroker::config::Server::Storage::Postgresql));
+  BOOST_TEST(config.server.postgresql.connection == "host=127.0.0.1 port=5433 dbname=broker user=broker");
+  BOOST_TEST(config.server.postgresql.pool_size == 4U);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_postgresql_storage_without_a_connection_string) {
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.postgresql: missing: storage postgresql needs "
+                                           "postgresql.connection"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n  postgresql: {pool_size: 4}\n") ==
+                 (std::vector<std::string>{"t.yaml:6: server.postgresql.connection: missing required key"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n  postgresql: {connection: \"\"}\n") ==
+                 (std::vector<std::string>{"t.yaml:6: server.postgresql.connection: must not be empty"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(refuses_unknown_storage_and_bad_pool_sizes) {
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: mysql\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.storage: must be sqlite or postgresql"}),
+             boost::test_tools::per_element());
+  const auto pool = problemsOf(kMinimalServer + "  postgresql: {connection: \"host=x\", pool_size: 1}\n");
+  BOOST_REQUIRE_EQUAL(pool.size(), 1U);
+  BOOST_TEST(pool[0].starts_with("t.yaml:5: server.postgresql.pool_size: "));
+  const auto typo = problemsOf(kMinimalServer + "  postgresql: {connection: \"host=x\", poolsize: 4}\n");
+  BOOST_REQUIRE_EQUAL(typo.size(), 1U);
+  BOOST_TEST(typo[0].starts_with("t.yaml:5: server.postgresql.poolsize: unknown key"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "smartbroker/broker/clock.hpp"
 #include "smartbroker/broker/token_endpoint.hpp"
@@ -27,6 +28,7 @@ struct TokenClaims {
   std::string kid;
   std::int64_t iat = 0;
   std::int64_t exp = 0;
+  std::vector<std::string> consent_ids{};  ///< the `consent` claim (README "Consent"); empty when absent
 };
 
 enum class TokenRejection : std::uint8_t {

@@ -64,6 +64,10 @@ enum class DenyReason : std::uint8_t {
   // Scope.
   ScopeMissing,            ///< invalid_scope
   NoScopeGranted,          ///< invalid_scope
+  // Consent (README "Consent").
+  ConsentRequired,         ///< unauthorized_client: no active consent authorizes this system
+  ConsentScopeNotPermitted,  ///< invalid_scope: an active consent permits none of the granted scopes
+  ConsentUnavailable,      ///< temporarily_unavailable, 503: the consent source could not be read (fail closed)
   // Server.
   StoreUnavailable,        ///< temporarily_unavailable, 503
   InternalError,           ///< server_error, 500

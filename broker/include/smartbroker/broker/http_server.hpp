@@ -16,6 +16,8 @@
 
 namespace smartbroker::broker {
 
+class ConsentEndpoint;
+
 /// What the server routes to. Everything is owned by main() and outlives the server.
 struct Endpoints {
   const TokenEndpoint& token;
@@ -25,6 +27,7 @@ struct Endpoints {
   std::int64_t jwks_max_age = 300;   ///< Cache-Control max-age of /jwks.json
   const IntrospectionEndpoint* introspection = nullptr;
   const RevocationEndpoint* revocation = nullptr;
+  const ConsentEndpoint* consent = nullptr;   ///< PUT/DELETE /consents/{id}; null: 404
 };
 
 class HttpServer {

@@ -14,6 +14,8 @@
 
 namespace smartbroker::broker {
 
+class ConsentService;
+
 /// Everything the two endpoints share.
 struct TokenServices {
   const AccessTokenVerifier& verifier;
@@ -24,6 +26,7 @@ struct TokenServices {
   const Log& log;
   FormLimits form;
   std::int64_t clock_skew = 30;
+  const ConsentService* consent = nullptr;  ///< re-checks the consents a token is linked to (README "Consent")
 };
 
 /// Introspection. Callers authenticate with a bearer access token that carries `permission`, or with

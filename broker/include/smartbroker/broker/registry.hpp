@@ -26,6 +26,7 @@ struct Client {
   std::shared_ptr<const jwks::JwkSet> jwks;    ///< inline keys; null for jwks_uri systems
   std::optional<std::string> jwks_uri;
   std::optional<config::Seconds> token_lifetime;
+  config::ConsentRequirement consent;           ///< README "Consent"
 
   bool allows(jwks::Alg alg) const;
 };

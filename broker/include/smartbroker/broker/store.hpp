@@ -5,6 +5,7 @@
 #include <expected>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,7 @@ struct IssuedToken {
   std::int64_t iat = 0;
   std::int64_t exp = 0;
   std::string kid;
+  std::vector<std::string> consent_ids{};  ///< consents the token is linked to (token_consents); may be empty
 };
 
 /// Per-system state an operator changes at run time.
@@ -54,7 +56,50 @@ struct StateChanges {
   std::map<std::string, SystemState> systems;
 };
 
-/// Durable state. Implementations: SQLite (embedded default) and, in a later issue, PostgreSQL.
+/// A locally stored consent (README "Consent"): the FHIR resource as received plus what lookups need.
+struct StoredConsent {
+  std::string id;
+  std::string status;                  ///< FHIR Consent.status code
+  std::string resource;                ///< the FHIR R4 Consent JSON, as PUT
+  std::vector<std::string> grantees;   ///< client_ids (consent_grantees), for `rule: grantee` lookups
+  std::int64_t updated_at = 0;
+};
+
+/// One consent change, applied in one transaction together with the revocations and the notification it causes.
+struct ConsentChange {
+  enum class Record : std::uint8_t {
+    Keep,    ///< the record is not local (FHIR source): only revoke and notify
+    Upsert,  ///< insert or replace `record` and its grantees
+    Delete,  ///< delete the record and its grantees
+  };
+  std::string consent_id;
+  Record action = Record::Keep;
+  StoredConsent record;                ///< with Upsert
+  /// Revoke every unexpired, unrevoked token linked to the consent. When false, only linked tokens whose
+  /// client_id is not in `keep_clients` are revoked (a grantee was removed).
+  bool revoke_all = false;
+  std::vector<std::string> keep_clients;
+  /// Enqueue a notification (consent_outbox): when `notify_always`, or when this change revoked any token.
+  bool notify = false;
+  bool notify_always = false;
+};
+
+/// What a consent change did.
+struct ConsentChangeResult {
+  std::vector<Revocation> revoked;     ///< tokens revoked by this change (not those revoked before)
+  std::int64_t notification_id = 0;    ///< the outbox entry written, 0 when none
+};
+
+/// A withdrawal notification waiting in the outbox (README "Consent": notification format, retry semantics).
+struct ConsentNotification {
+  std::int64_t id = 0;
+  std::string consent_id;
+  std::vector<std::string> revoked_token_ids;
+  std::int64_t time = 0;               ///< when the withdrawal was processed (NumericDate)
+  int attempts = 0;                    ///< failed delivery attempts so far
+};
+
+/// Durable state. Implementations: SQLite (embedded default, one machine) and PostgreSQL (several instances).
 /// Every write returns only once it is durable.
 class StateStore {
  public:
@@ -80,6 +125,50 @@ class StateStore {
                                                                            std::size_t limit, std::int64_t now) = 0;
   virtual std::expected<StateChanges, StoreError> changesSince(std::int64_t cursor, std::int64_t now) = 0;
 
+  // Consent (README "Consent"). recordJti also writes one token_consents row per IssuedToken::consent_ids entry.
+  // Every backend must override these; the defaults fail closed (no consent found, nothing written) only so
+  // that a backend under construction still compiles.
+
+  /// The locally stored consent `id`, nullopt when there is none.
+  virtual std::expected<std::optional<StoredConsent>, StoreError> findConsent(std::string_view id) {
+    (void)id;
+    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
+  }
+  /// Every locally stored consent that names `clientId` as grantee (`rule: grantee`).
+  virtual std::expected<std::vector<StoredConsent>, StoreError> consentsForGrantee(std::string_view clientId) {
+    (void)clientId;
+    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
+  }
+  /// Applies `change` at `now` in one transaction: the record, the revocations of linked tokens (revocations
+  /// table, so mirrors follow) and, when asked, the outbox entry listing the tokens revoked.
+  virtual std::expected<ConsentChangeResult, StoreError> applyConsentChange(const ConsentChange& change,
+                                                                           std::int64_t now) {
+    (void)change;
+    (void)now;
+    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
+  }
+  /// Undelivered notifications whose next attempt is due at `now`, oldest first, at most `limit`.
+  virtual std::expected<std::vector<ConsentNotification>, StoreError> dueNotifications(std::int64_t now,
+                                                                                      std::size_t limit) {
+    (void)now;
+    (void)limit;
+    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
+  }
+  /// Marks notification `id` delivered (it is never sent again).
+  virtual std::expected<void, StoreError> notificationDelivered(std::int64_t id, std::int64_t now) {
+    (void)id;
+    (void)now;
+    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
+  }
+  /// Records a failed attempt: attempts + 1, next attempt at `nextAttemptAt`, the error for operators.
+  virtual std::expected<void, StoreError> notificationFailed(std::int64_t id, std::int64_t nextAttemptAt,
+                                                             std::string_view error) {
+    (void)id;
+    (void)nextAttemptAt;
+    (void)error;
+    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
+  }
+
   /// True when the store answers (for /healthz and the watchdog).
   virtual bool healthy() const = 0;
 };
@@ -94,5 +183,24 @@ struct SqliteOptions {
 /// SQLite in WAL mode. Writes go through one writer thread that commits whatever requests are waiting in
 /// one transaction (group commit): requests never serialise on a lock, and one fsync covers many of them.
 std::unique_ptr<StateStore> openSqliteStore(const SqliteOptions& options, const Clock& clock);
+
+struct PostgresOptions {
+  /// libpq key=value connection string, e.g. "host=127.0.0.1 port=5432 dbname=smartbroker user=smartbroker".
+  /// A connect_timeout is added when absent, so that an unreachable server fails a request instead of hanging it.
+  std::string connection;
+  unsigned pool_size = 8;                     ///< connections: one for the writer, the rest for readers
+  std::int64_t connect_timeout_seconds = 3;   ///< used when `connection` names no connect_timeout
+  std::int64_t prune_interval_seconds = 60;
+};
+
+/// PostgreSQL, shared by any number of broker instances. Opening applies pending schema migrations under a
+/// transaction-scoped advisory lock, so concurrent instances migrate once. Writes are group-committed by one
+/// writer thread as in SQLite; a database that goes away makes calls return StoreError (healthy() false) and
+/// service resumes, without reopening, once it answers again. Throws std::runtime_error when the database cannot
+/// be reached or migrated at open.
+std::unique_ptr<StateStore> openPostgresStore(const PostgresOptions& options, const Clock& clock);
+
+/// Applies pending migrations and returns the schema version now in place (`smart-broker migrate`).
+std::int64_t migratePostgres(const PostgresOptions& options);
 
 }  // namespace smartbroker::broker

@@ -17,6 +17,7 @@
 namespace smartbroker::broker {
 
 using KeyringHolder = Snapshot<keyring::KeySet>;
+class ConsentService;
 
 struct TokenPolicy {
   std::string issuer;                    ///< access token `iss`
@@ -30,8 +31,9 @@ struct TokenPolicy {
 /// The token endpoint. Thread-safe; no lock on the request path.
 class TokenEndpoint {
  public:
+  /// `consent`, when given, enforces the consent requirements of registrations (README "Consent").
   TokenEndpoint(TokenPolicy policy, const ClientAuthenticator& auth, StateStore& store, const KeyringHolder& keys,
-                const Clock& clock, const Log& log);
+                const Clock& clock, const Log& log, const ConsentService* consent = nullptr);
 
   HttpReply handle(const HttpRequest& request) const;
 
@@ -44,6 +46,7 @@ class TokenEndpoint {
   const KeyringHolder& keys_;
   const Clock& clock_;
   const Log& log_;
+  const ConsentService* consent_;
 };
 
 }  // namespace smartbroker::broker

@@ -30,6 +30,12 @@ struct Tls {
   std::string private_key_file;
 };
 
+/// The shared state database when several instances serve one deployment (README "Running several instances").
+struct Postgresql {
+  std::string connection;                       ///< libpq key=value string: "host=... port=... dbname=... user=..."
+  unsigned pool_size = 8;                       ///< connections per instance (one writer, the rest readers)
+};
+
 /// Fetching and caching of client JWK Sets registered by `jwks_uri` (README "Client keys by URL").
 struct JwksFetch {
   bool allow_http_loopback = false;             ///< plain http to 127.0.0.1, ::1, localhost (development, tests)
@@ -53,6 +59,9 @@ struct Server {
   Seconds max_assertion_lifetime{300};          ///< exp may be at most this far ahead of now (SPEC: 300)
   std::string state_directory;                  ///< keys and the SQLite database live here
   std::string database_path;                    ///< default: <state_directory>/smart-broker.db
+  enum class Storage : std::uint8_t { Sqlite, Postgresql };
+  Storage storage = Storage::Sqlite;            ///< where replay records, revocations and system state live
+  Postgresql postgresql;                        ///< used with Storage::Postgresql
   std::string signing_algorithm = "ES256";      ///< deprecated alias of keyring.algorithm; holds the effective alg
   unsigned threads = 0;                         ///< HTTP worker threads; 0 = 2 x cores, at least 4
   unsigned max_queued = 256;                    ///< accepted connections waiting for a worker
@@ -70,6 +79,15 @@ struct Server {
   std::string issuer() const { return public_base_url; }
 };
 
+/// What a system's registration requires of consent (README "Consent"). With `required`, a token is issued only
+/// while at least one candidate consent is active and names the system as grantee: the consents listed in
+/// `references`, and with `rule_grantee` also every consent in the local store whose grantee is the system.
+struct ConsentRequirement {
+  bool required = false;
+  std::vector<std::string> references;          ///< FHIR Consent ids ([A-Za-z0-9.-]{1,64})
+  bool rule_grantee = false;                    ///< `rule: grantee` (local consent source only)
+};
+
 /// A registered system (OAuth client) as configured. Keys come inline or by URL.
 struct System {
   std::string client_id;
@@ -80,6 +98,7 @@ struct System {
   std::vector<jwks::Alg> algorithms{jwks::Alg::RS384, jwks::Alg::ES384};  ///< allowed assertion algs
   bool enabled = true;
   std::optional<Seconds> token_lifetime;        ///< <= server max_token_lifetime
+  ConsentRequirement consent;
   int line = 0;                                 ///< where it was defined, for diagnostics
 };
 
@@ -96,11 +115,28 @@ struct Keyring {
   std::string kek_credential;                   ///< the name of a systemd credential holding it
 };
 
+/// Where consent records come from and how withdrawals are reported (README "Consent"): top-level `consent:`.
+struct ConsentSettings {
+  enum class Source : std::uint8_t { Local, Fhir };
+  Source source = Source::Local;                ///< local: PUT/DELETE /consents/{id}; fhir: GET {fhir_base_url}/Consent/{id}
+  std::string fhir_base_url;                    ///< required with source fhir; no trailing slash
+  Seconds cache_seconds{10};                    ///< how long a looked-up consent is believed (0 = every time)
+  Seconds connect_timeout{3};                   ///< FHIR reads and notifications
+  Seconds read_timeout{5};
+  std::size_t max_resource_bytes = 64 * 1024;   ///< a Consent resource, PUT or fetched
+  bool allow_http_loopback = false;             ///< plain http to 127.0.0.1, ::1, localhost (development, tests)
+  std::string grantee_identifier_system = "urn:smart-broker:client-id";  ///< Identifier.system naming client_ids
+  std::optional<std::string> notification_url;  ///< withdrawal notifications are POSTed here; none when unset
+  Seconds retry_initial_backoff{1};             ///< first retry delay; doubles per failed attempt
+  Seconds retry_max_backoff{300};               ///< ceiling of the retry delay
+};
+
 struct Config {
   std::string source;                           ///< the file it was read from
   Server server;
   Keyring keyring;
   std::vector<System> systems;
+  ConsentSettings consent;
 };
 
 /// One problem found while loading: rendered as "file:line: key: problem".

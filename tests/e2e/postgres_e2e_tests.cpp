@@ -1,0 +1,352 @@
+// End-to-end: two smart-broker processes sharing one PostgreSQL database, as behind a load balancer.
+//
+// Needs SMARTBROKER_TEST_PG (scripts/test starts a private cluster and sets it); without it each case passes after
+// printing why it did not run. Each case creates its own database. Both instances share one public_base_url (as
+// behind a load balancer) and one keyring directory (the keyring is still file-based: README "Running several
+// instances"). The outage case starts a cluster of its own so that stopping it disturbs no other case.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/test/unit_test.hpp>
+
+#include <Poco/Net/ServerSocket.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "harness.hpp"
+
+using namespace e2e;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kJwtBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const std::string kBase = "https://auth.example.org/smart";
+
+bool skipWithoutPostgres() {
+  const char* pg = std::getenv("SMARTBROKER_TEST_PG");
+  if (pg == nullptr || *pg == '\0') {
+    std::cout << "SKIPPED: SMARTBROKER_TEST_PG is unset (scripts/test sets it; see tests/pg/pg-cluster)\n";
+    return true;
+  }
+  return false;
+}
+
+std::string randomName() {
+  std::random_device rd;
+  std::mt19937_64 rng(rd());
+  std::string s = "sb_e2e_";
+  for (int i = 0; i < 12; ++i) {
+    s += "abcdefghijklmnopqrstuvwxyz0123456789"[rng() % 36];
+  }
+  return s;
+}
+
+void sh(const std::string& command) {
+  if (std::system(command.c_str()) != 0) {
+    throw std::runtime_error("failed: " + command);
+  }
+}
+
+std::string makeTempDir() {
+  char tmpl[] = "/tmp/smart-broker-pg-e2e-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) {
+    throw std::runtime_error("mkdtemp failed");
+  }
+  return tmpl;
+}
+
+/// A fresh database (CREATE DATABASE through psql), dropped at the end.
+class Database {
+ public:
+  explicit Database(std::string admin) : admin_(std::move(admin)), name_(randomName()) {
+    sh("psql -q -v ON_ERROR_STOP=1 '" + admin_ + "' -c 'CREATE DATABASE " + name_ + "' >/dev/null");
+  }
+  ~Database() {
+    (void)std::system(
+        ("psql -q '" + admin_ + "' -c 'DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)' >/dev/null 2>&1").c_str());
+  }
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+  std::string connection() const { return admin_ + " dbname=" + name_; }
+
+ private:
+  std::string admin_;
+  std::string name_;
+};
+
+/// Two brokers on two ports: one database, one public base URL, one keyring directory.
+struct Pair {
+  std::unique_ptr<Database> db;
+  std::string dirA;
+  std::string dirB;
+  std::unique_ptr<Broker> a;
+  std::unique_ptr<Broker> b;
+
+  explicit Pair(const std::string& adminConnection) {
+    db = std::make_unique<Database>(adminConnection);
+    dirA = makeTempDir();
+    dirB = makeTempDir();
+    fs::create_directory(dirA + "/state");
+    fs::permissions(dirA + "/state", fs::perms::owner_all);
+    fs::create_directory_symlink(dirA + "/state", dirB + "/state");
+    a = std::make_unique<Broker>(options(dirA), kBase);
+    b = std::make_unique<Broker>(options(dirB), kBase);
+  }
+  ~Pair() {
+    a.reset();
+    b.reset();
+    std::error_code ec;
+    fs::remove_all(dirA, ec);
+    fs::remove_all(dirB, ec);
+  }
+  Pair(const Pair&) = delete;
+  Pair& operator=(const Pair&) = delete;
+
+  Broker::Options options(const std::string& dir) const {
+    Broker::Options o;
+    o.state_dir = dir;
+    o.server_extra = "  storage: postgresql\n  postgresql:\n    connection: \"" + db->connection() +
+                     "\"\n    pool_size: 4\n";
+    return o;
+  }
+};
+
+std::string assertion(const std::string& clientId, const std::string& aud) {
+  const bool rs = clientId == "resource-server";
+  const std::string key = rs ? "other-client" : "rs384-client";
+  Json header = object({{"alg", "RS384"}, {"kid", key}, {"typ", "JWT"}});
+  return jose().sign("RS384", keyFile(key), header, claims(clientId, aud));
+}
+
+std::string tokenAssertion() { return assertion("rs384-client", kBase + "/token"); }
+
+std::string accessToken(const Broker& broker) {
+  const Response r = broker.post("/token", tokenForm(tokenAssertion()));
+  BOOST_TEST_REQUIRE(r.status == 200, r.body);
+  return r.json()->getValue<std::string>("access_token");
+}
+
+bool active(const Broker& broker, const std::string& token) {
+  const Response r = broker.post(
+      "/introspect", formEncode({{"token", token},
+                                 {"client_assertion_type", kJwtBearer},
+                                 {"client_assertion", assertion("resource-server", kBase + "/introspect")}}));
+  BOOST_TEST_REQUIRE(r.status == 200, r.body);
+  return r.json()->getValue<bool>("active");
+}
+
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+const char* adminConnection() { return std::getenv("SMARTBROKER_TEST_PG"); }
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(postgres_instances)
+
+BOOST_AUTO_TEST_CASE(refuses_on_one_instance_an_assertion_used_on_the_other) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  Pair pair(adminConnection());
+  const std::string form = tokenForm(tokenAssertion());
+  BOOST_TEST(pair.a->post("/token", form).status == 200);
+  const Response replay = pair.b->post("/token", form);
+  BOOST_TEST(replay.status == 401);
+  BOOST_TEST(replay.json()->getValue<std::string>("error") == "invalid_client");
+  BOOST_TEST(pair.b->waitForLog("reason=jti_replayed"));
+}
+
+BOOST_AUTO_TEST_CASE(issues_exactly_one_token_for_100_concurrent_submissions_over_two_instances) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  Pair pair(adminConnection());
+  const std::string form = tokenForm(tokenAssertion());
+  std::atomic<int> ok{0};
+  std::atomic<int> refused{0};
+  std::atomic<int> other{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&, i] {
+      const Response r = (i % 2 == 0 ? pair.a : pair.b)->post("/token", form);
+      if (r.status == 200) {
+        ++ok;
+      } else if (r.status == 401) {
+        ++refused;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  BOOST_TEST(ok.load() == 1);
+  BOOST_TEST(refused.load() == 99);
+  BOOST_TEST(other.load() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_token_revoked_on_one_instance_is_inactive_on_the_other_within_a_second) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  Pair pair(adminConnection());
+  const std::string token = accessToken(*pair.a);
+  BOOST_TEST(active(*pair.b, token));
+  const Response revoked = pair.a->post(
+      "/revoke", formEncode({{"token", token},
+                             {"client_assertion_type", kJwtBearer},
+                             {"client_assertion", assertion("rs384-client", kBase + "/revoke")}}));
+  BOOST_TEST_REQUIRE(revoked.status == 200, revoked.body);
+  const auto start = Clock::now();
+  while (active(*pair.b, token) && secondsSince(start) < 3) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double took = secondsSince(start);
+  BOOST_TEST_MESSAGE("revocation seen on the other instance after " << took << " s");
+  // The mirror polls every second; the bound allows for one poll plus the introspection round trips.
+  BOOST_TEST(took <= 1.3);
+  BOOST_TEST(!active(*pair.a, token));
+}
+
+BOOST_AUTO_TEST_CASE(a_system_suspended_through_one_instances_config_is_refused_by_the_other) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  Pair pair(adminConnection());
+  BOOST_TEST(pair.a->post("/token", tokenForm(tokenAssertion())).status == 200);
+  const std::string command = std::string(SMARTBROKER_BINARY) + " systems suspend rs384-client --config " +
+                              pair.b->configPath() + " >/dev/null 2>&1";
+  BOOST_TEST_REQUIRE(std::system(command.c_str()) == 0);
+  const auto start = Clock::now();
+  int status = 200;
+  while (secondsSince(start) < 3) {
+    status = pair.a->post("/token", tokenForm(tokenAssertion())).status;
+    if (status != 200) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  BOOST_TEST(status == 401);
+  BOOST_TEST(secondsSince(start) <= 1.5);
+  BOOST_TEST(pair.a->waitForLog("reason=client_suspended"));
+}
+
+BOOST_AUTO_TEST_CASE(keeps_serving_on_one_instance_when_the_other_is_killed_under_load) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  Pair pair(adminConnection());
+  std::vector<std::string> forms;
+  for (int i = 0; i < 120; ++i) {
+    forms.push_back(tokenForm(tokenAssertion()));
+  }
+  std::atomic<int> okB{0};
+  std::atomic<int> badB{0};
+  std::atomic<std::size_t> next{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (std::size_t i = next++; i < forms.size(); i = next++) {
+        if (i % 2 == 0 || ::kill(pair.a->pid(), 0) != 0) {
+          const Response r = pair.b->post("/token", forms[i]);
+          (r.status == 200 ? okB : badB)++;
+        } else {
+          try {
+            (void)pair.a->post("/token", forms[i]);
+          } catch (const std::exception&) {
+            // A dies mid-request: that request is lost with it, never half-recorded as a token elsewhere.
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  pair.a->signal(SIGKILL);
+  for (auto& t : threads) {
+    t.join();
+  }
+  BOOST_TEST(badB.load() == 0);
+  BOOST_TEST(okB.load() >= 60);
+  // B is still healthy and still refuses replays of what A recorded before it died.
+  BOOST_TEST(pair.b->get("/healthz").status == 200);
+  BOOST_TEST(pair.b->post("/token", forms[0]).status == 401);
+}
+
+BOOST_AUTO_TEST_CASE(answers_503_while_the_database_is_down_and_recovers_without_a_restart) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  const std::string dir = makeTempDir();
+  fs::permissions(dir, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  std::uint16_t port = 0;
+  {
+    Poco::Net::ServerSocket probe(Poco::Net::SocketAddress("127.0.0.1", 0));
+    port = probe.address().port();
+  }
+  const std::string cluster = std::string(SMARTBROKER_SOURCE_DIR) + "/tests/pg/pg-cluster";
+  const std::string start = cluster + " start " + dir + "/pg " + std::to_string(port) + " >/dev/null";
+  const std::string stop = cluster + " stop " + dir + "/pg >/dev/null";
+  sh(start);
+  {
+    Broker::Options o;
+    o.server_extra = "  storage: postgresql\n  postgresql:\n    connection: \"host=127.0.0.1 port=" +
+                     std::to_string(port) + " dbname=postgres user=smartbroker\"\n";
+    Broker broker(o);
+    BOOST_TEST(broker.post("/token", tokenForm(assertion("rs384-client", broker.tokenUrl()))).status == 200);
+
+    sh(stop);
+    int unavailable = 0;
+    for (int i = 0; i < 10; ++i) {
+      const Response r = broker.post("/token", tokenForm(assertion("rs384-client", broker.tokenUrl())));
+      if (r.status == 503) {
+        ++unavailable;
+        BOOST_TEST(r.json()->getValue<std::string>("error") == "temporarily_unavailable");
+        BOOST_TEST(!r.header("retry-after").empty());
+      }
+    }
+    BOOST_TEST(unavailable == 10);
+    // Discovery and the JWKS keep serving from memory; the health check says the store is gone.
+    BOOST_TEST(broker.get("/jwks.json").status == 200);
+    BOOST_TEST(broker.get("/.well-known/smart-configuration").status == 200);
+    BOOST_TEST(broker.get("/healthz").status == 503);
+
+    sh(start);
+    const auto since = Clock::now();
+    int status = 0;
+    while (secondsSince(since) < 10) {
+      status = broker.post("/token", tokenForm(assertion("rs384-client", broker.tokenUrl()))).status;
+      if (status == 200) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    BOOST_TEST(status == 200);
+    BOOST_TEST_MESSAGE("recovered " << secondsSince(since) << " s after the database came back");
+    BOOST_TEST(broker.get("/healthz").status == 200);
+    BOOST_TEST(broker.waitForLog("reason=store_unavailable"));
+  }
+  (void)std::system(stop.c_str());
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
