@@ -144,6 +144,10 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   if (!client->enabled) {
     return deny(DenyReason::ClientDisabled, {}, *iss);
   }
+  // A suspension made on another instance may not be in a stale mirror: refuse to decide (503).
+  if (state_ != nullptr && !state_->current()) {
+    return deny(DenyReason::StoreUnavailable, "state mirror is not current", *iss);
+  }
   if (state_ != nullptr && state_->isSuspended(client->client_id)) {
     return deny(DenyReason::ClientSuspended, {}, *iss);
   }

@@ -80,6 +80,14 @@ HttpReply ConsentEndpoint::handle(const HttpRequest& request) const {
     return reply;
   }
 
+  // The caller's token is checked against the mirror; a mirror that may miss a revocation decides nothing.
+  if (!state_.current()) {
+    log_.event("consent_admin", {{"outcome", "failed"}, {"reason", "store_unavailable"},
+                                 {"detail", "state mirror is not current"}});
+    HttpReply reply = errorReply(503, "temporarily_unavailable", "The service is temporarily unavailable");
+    reply.headers.emplace_back("Retry-After", "5");
+    return reply;
+  }
   // Authenticate first: an unauthenticated caller learns nothing about consents, not even whether an id is valid.
   std::string caller;
   std::optional<VerifiedAssertion> assertion;

@@ -67,14 +67,24 @@ std::expected<Caller, HttpReply> assertionCaller(const Form& form, const ClientA
     log.event(event, {{"outcome", "refused"}, {"client_id", d.client_id}, {"reason", reasonName(d.reason)},
                       {"detail", d.detail}});
     const WireError wire = wireError(d.reason);
+    HttpReply reply = HttpReply::noStoreJson(wire.status, errorBody(wire));
     if (wire.status == 401) {
-      HttpReply reply = HttpReply::noStoreJson(401, errorBody(wire));
       reply.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"smart-broker\"");
-      return std::unexpected(reply);
     }
-    return std::unexpected(HttpReply::noStoreJson(wire.status, errorBody(wire)));
+    if (wire.status == 503) {
+      reply.headers.emplace_back("Retry-After", "5");
+    }
+    return std::unexpected(reply);
   }
   return Caller{verified->client->client_id, verified->client};
+}
+
+/// 503 while the state mirror may miss a revocation or suspension made elsewhere (TokenState::current).
+HttpReply stateUnavailable(const Log& log, std::string_view event) {
+  log.event(event, {{"outcome", "failed"}, {"reason", "store_unavailable"}, {"detail", "state mirror is not current"}});
+  HttpReply reply = errorReply(503, "temporarily_unavailable", "The service is temporarily unavailable");
+  reply.headers.emplace_back("Retry-After", "5");
+  return reply;
 }
 
 bool clientHasPermission(const Client& client, std::string_view permission) {
@@ -104,6 +114,10 @@ HttpReply IntrospectionEndpoint::handle(const HttpRequest& request) const {
   auto form = readForm(request, s_.form, s_.log, "introspection");
   if (!form) {
     return form.error();
+  }
+  // Every answer below (the caller's own token, the token asked about) comes from the mirror.
+  if (!s_.state.current()) {
+    return stateUnavailable(s_.log, "introspection");
   }
 
   // Authenticate the caller first: an unauthenticated caller learns nothing about any token.

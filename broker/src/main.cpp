@@ -60,6 +60,10 @@ constexpr const char* kUsage =
 const std::string kIntrospectionPermission = "smart-broker:introspect";
 /// The broker permission that lets a system (the consent platform) PUT and DELETE /consents/{id}.
 const std::string kConsentAdminPermission = "smart-broker:consent-admin";
+/// How often the revocation/suspension mirror follows the store, and how far behind it may be before the
+/// endpoints that answer from it fail closed (issue 7: changes made elsewhere are seen within one second).
+constexpr std::chrono::milliseconds kStateSyncInterval{200};
+constexpr std::chrono::milliseconds kStateMaxStaleness{1000};
 
 /// Every broker permission a registration may list under `scopes:`.
 std::vector<std::string> brokerPermissions() { return {kIntrospectionPermission, kConsentAdminPermission}; }
@@ -183,7 +187,9 @@ int run(const std::string& configPath, sigset_t signals) {
     // server.storage: SQLite on this machine, or PostgreSQL shared with the other instances (migrated at open).
     const auto store = sb::broker::openConfiguredStore(server, clock);
 
-    sb::broker::TokenState tokenState;
+    // The mirror follows the store every kStateSyncInterval and stops answering (503) when it is more than
+    // kStateMaxStaleness behind, so a revocation made on another instance is honoured within that bound.
+    sb::broker::TokenState tokenState(kStateMaxStaleness);
     if (!tokenState.sync(*store, clock.now())) {
       log.event("startup_failed", {{"reason", "store_unavailable"}, {"detail", "cannot read revocations"}});
       return 1;
@@ -258,17 +264,25 @@ int run(const std::string& configPath, sigset_t signals) {
                                                       kConsentAdminPermission, server.clock_skew.count(), log);
 
     // Maintenance: follow revocations and suspensions made elsewhere (admin commands, other instances) within
-    // one second, and forget revocations of tokens that have expired.
+    // the staleness bound, and forget revocations of tokens that have expired.
     std::jthread maintenance([&](std::stop_token stop) {
       std::mutex mutex;
       std::condition_variable_any wake;
       std::int64_t lastPrune = 0;
+      bool failing = false;
       while (!stop.stop_requested()) {
         std::unique_lock lock(mutex);
-        wake.wait_for(lock, stop, std::chrono::seconds(1), [] { return false; });
+        wake.wait_for(lock, stop, kStateSyncInterval, [] { return false; });
         const std::int64_t now = clock.now();
-        if (!tokenState.sync(*store, now)) {
-          log.event("state_sync_failed", {{"reason", "store_unavailable"}});
+        const bool synced = tokenState.sync(*store, now);
+        if (synced != !failing) {
+          // Logged on each change only: an outage is one line, not five a second.
+          if (synced) {
+            log.event("state_sync_recovered", {});
+          } else {
+            log.event("state_sync_failed", {{"reason", "store_unavailable"}});
+          }
+          failing = !synced;
         }
         if (now - lastPrune >= 60) {
           tokenState.prune(now);

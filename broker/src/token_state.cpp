@@ -9,6 +9,25 @@ TokenState::Shard& TokenState::shardFor(std::string_view jti) const {
   return shards_[std::hash<std::string_view>{}(jti) % kShards];
 }
 
+namespace {
+std::int64_t steadyNow() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+bool TokenState::current() const {
+  if (max_staleness_.count() == 0) {
+    return true;
+  }
+  if (sync_failed_.load(std::memory_order_acquire)) {
+    return false;
+  }
+  const std::int64_t asOf = synced_as_of_.load(std::memory_order_acquire);
+  return asOf != 0 &&
+         steadyNow() - asOf <= std::chrono::duration_cast<std::chrono::nanoseconds>(max_staleness_).count();
+}
+
 bool TokenState::isRevoked(std::string_view jti) const {
   const Shard& shard = shardFor(jti);
   std::shared_lock lock(shard.mutex);
@@ -44,8 +63,11 @@ void TokenState::noteSystem(const std::string& clientId, SystemState state) {
 
 bool TokenState::sync(StateStore& store, std::int64_t now) {
   std::lock_guard lock(syncMutex_);
+  // Taken before the read: whatever the store held at this moment is in the view once the sync succeeds.
+  const std::int64_t started = steadyNow();
   auto changes = store.changesSince(cursor_, now);
   if (!changes) {
+    sync_failed_.store(true, std::memory_order_release);
     return false;
   }
   for (const Revocation& r : changes->revocations) {
@@ -55,6 +77,8 @@ bool TokenState::sync(StateStore& store, std::int64_t now) {
   }
   cursor_ = changes->cursor;
   systems_.set(std::make_shared<const std::map<std::string, SystemState>>(std::move(changes->systems)));
+  synced_as_of_.store(started, std::memory_order_release);
+  sync_failed_.store(false, std::memory_order_release);
   return true;
 }
 

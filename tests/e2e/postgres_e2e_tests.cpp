@@ -312,6 +312,21 @@ BOOST_AUTO_TEST_CASE(answers_503_while_the_database_is_down_and_recovers_without
                      std::to_string(port) + " dbname=postgres user=smartbroker\"\n";
     Broker broker(o);
     BOOST_TEST(broker.post("/token", tokenForm(assertion("rs384-client", broker.tokenUrl()))).status == 200);
+    // A bearer caller and a token to ask about, obtained while the database is up.
+    const Response callerReply =
+        broker.post("/token", tokenForm(assertion("resource-server", broker.tokenUrl()), "smart-broker:introspect"));
+    BOOST_TEST_REQUIRE(callerReply.status == 200, callerReply.body);
+    const std::string callerToken = callerReply.json()->getValue<std::string>("access_token");
+    const Response subjectReply = broker.post("/token", tokenForm(assertion("rs384-client", broker.tokenUrl())));
+    BOOST_TEST_REQUIRE(subjectReply.status == 200, subjectReply.body);
+    const std::string subject = subjectReply.json()->getValue<std::string>("access_token");
+    const auto introspectWithBearer = [&] {
+      return broker.request("POST", "/introspect", formEncode({{"token", subject}}),
+                            "application/x-www-form-urlencoded", {{"Authorization", "Bearer " + callerToken}});
+    };
+    const Response before = introspectWithBearer();
+    BOOST_TEST_REQUIRE(before.status == 200, before.body);
+    BOOST_TEST(before.json()->getValue<bool>("active"));
 
     sh(stop);
     int unavailable = 0;
@@ -324,6 +339,23 @@ BOOST_AUTO_TEST_CASE(answers_503_while_the_database_is_down_and_recovers_without
       }
     }
     BOOST_TEST(unavailable == 10);
+    // Introspection answers from memory, but a mirror that cannot follow the database could miss a revocation
+    // made on another instance: it fails closed too, for bearer callers (no store write) as for assertion callers.
+    const Response bearerDuringOutage = introspectWithBearer();
+    BOOST_TEST(bearerDuringOutage.status == 503, bearerDuringOutage.body);
+    BOOST_TEST(!bearerDuringOutage.header("retry-after").empty());
+    BOOST_TEST(bearerDuringOutage.body.find("\"active\"") == std::string::npos);
+    const Response assertionDuringOutage = broker.post(
+        "/introspect", formEncode({{"token", subject},
+                                   {"client_assertion_type", kJwtBearer},
+                                   {"client_assertion", assertion("resource-server", broker.baseUrl() + "/introspect")}}));
+    BOOST_TEST(assertionDuringOutage.status == 503, assertionDuringOutage.body);
+    const Response revokeDuringOutage = broker.post(
+        "/revoke", formEncode({{"token", subject},
+                               {"client_assertion_type", kJwtBearer},
+                               {"client_assertion", assertion("rs384-client", broker.baseUrl() + "/revoke")}}));
+    BOOST_TEST(revokeDuringOutage.status == 503, revokeDuringOutage.body);
+    BOOST_TEST(!revokeDuringOutage.header("retry-after").empty());
     // Discovery and the JWKS keep serving from memory; the health check says the store is gone.
     BOOST_TEST(broker.get("/jwks.json").status == 200);
     BOOST_TEST(broker.get("/.well-known/smart-configuration").status == 200);
@@ -341,6 +373,14 @@ BOOST_AUTO_TEST_CASE(answers_503_while_the_database_is_down_and_recovers_without
     }
     BOOST_TEST(status == 200);
     BOOST_TEST_MESSAGE("recovered " << secondsSince(since) << " s after the database came back");
+    // The mirror caught up: the same bearer caller is answered again, and the token is still live.
+    Response after = introspectWithBearer();
+    for (int i = 0; i < 20 && after.status != 200; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      after = introspectWithBearer();
+    }
+    BOOST_TEST_REQUIRE(after.status == 200, after.body);
+    BOOST_TEST(after.json()->getValue<bool>("active"));
     BOOST_TEST(broker.get("/healthz").status == 200);
     BOOST_TEST(broker.waitForLog("reason=store_unavailable"));
   }

@@ -590,8 +590,10 @@ struct Outcome {
 
 /// The token endpoint wired in-process with fakes for time, storage, keys and the log.
 struct Harness {
-  explicit Harness(const sb::TokenPolicy& policy = defaultTokenPolicy())
-      : registry(std::make_shared<const sb::ClientRegistry>(systems())),
+  explicit Harness(const sb::TokenPolicy& policy = defaultTokenPolicy(),
+                   std::chrono::milliseconds stateStaleness = std::chrono::milliseconds{0})
+      : tokenState(stateStaleness),
+        registry(std::make_shared<const sb::ClientRegistry>(systems())),
         auth(defaultAssertionPolicy(), registry, keySource, clock, &tokenState),
         keyring(brokerKeySet()),
         logger(capture.fd()),
@@ -1535,6 +1537,25 @@ BOOST_AUTO_TEST_CASE(store_failure_is_503_temporarily_unavailable_with_retry_aft
   BOOST_TEST(h.send(validCall()).reply.status == 200);
 }
 
+BOOST_AUTO_TEST_CASE(a_state_mirror_that_is_not_current_refuses_with_503_and_records_nothing) {
+  // Bounded mirror never synced: a suspension made on another instance could be missing, so nothing is decided.
+  Harness h(defaultTokenPolicy(), std::chrono::milliseconds{60'000});
+  const Outcome stale = h.send(validCall());
+  checkDenied(stale, DenyReason::StoreUnavailable);
+  BOOST_TEST(header(stale.reply, "Retry-After").has_value());
+  BOOST_TEST(h.store.size() == 0U);
+  BOOST_REQUIRE(h.tokenState.sync(h.store, kNow));
+  BOOST_TEST(h.send(validCall()).reply.status == 200);
+  // A failed sync makes the mirror stale at once, not only after the bound.
+  h.store.setFailing(true);
+  BOOST_TEST(!h.tokenState.sync(h.store, kNow));
+  h.store.setFailing(false);
+  const TokenCall other = validCall();  // a fresh jti
+  checkDenied(h.send(other), DenyReason::StoreUnavailable);
+  BOOST_REQUIRE(h.tokenState.sync(h.store, kNow));
+  BOOST_TEST(h.send(other).reply.status == 200);
+}
+
 BOOST_AUTO_TEST_CASE(rejects_reused_jti_for_same_issuer_but_not_for_another) {
   Harness h;
   TokenCall first = validCall();
@@ -1743,6 +1764,31 @@ BOOST_AUTO_TEST_CASE(a_key_swapped_in_by_reload_verifies_the_next_token) {
   BOOST_TEST(parseObject(jw::base64urlDecode(parts[0]).value())->getValue<std::string>("alg") == "ES384");
   BOOST_TEST(jw::verifySignature(keys().es384.publicKey(), jw::Alg::ES384, parts[0] + "." + parts[1],
                                  jw::base64urlDecode(parts[2]).value()));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(token_state)
+
+BOOST_AUTO_TEST_CASE(is_current_only_within_the_staleness_bound_of_a_successful_sync) {
+  FakeStore store;
+  sb::TokenState unbounded;
+  BOOST_TEST(unbounded.current());
+
+  sb::TokenState state(std::chrono::milliseconds{300});
+  BOOST_TEST(!state.current());  // never synced
+  BOOST_REQUIRE(state.sync(store, kNow));
+  BOOST_TEST(state.current());
+  std::this_thread::sleep_for(std::chrono::milliseconds{450});
+  BOOST_TEST(!state.current());  // a sync that hangs (or stopped) ages the view out
+  BOOST_REQUIRE(state.sync(store, kNow));
+  BOOST_TEST(state.current());
+  store.setFailing(true);
+  BOOST_TEST(!state.sync(store, kNow));
+  BOOST_TEST(!state.current());  // at once, not after the bound
+  store.setFailing(false);
+  BOOST_REQUIRE(state.sync(store, kNow));
+  BOOST_TEST(state.current());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -21,8 +23,19 @@ namespace smartbroker::broker {
 /// other instances arrive within that bound), and a revocation made through this instance is noted here right
 /// after it is durable, so it takes effect for the very next introspection.
 /// Thread-safe; readers take a shard's shared lock only (no global lock).
+///
+/// With a staleness bound, the mirror also knows when it can no longer be trusted: current() is false from the
+/// moment a sync fails, and whenever the last successful sync began more than the bound ago (a sync that hangs).
+/// Endpoints that answer from the mirror then fail closed (503) instead of answering from a view that may miss a
+/// revocation made elsewhere: "no request is ever answered from a guess".
 class TokenState {
  public:
+  /// `maxStaleness` zero: the mirror is always current (one process, no other writer; unit tests).
+  explicit TokenState(std::chrono::milliseconds maxStaleness = {}) : max_staleness_(maxStaleness) {}
+
+  /// True when the view reflects the store as of at most the staleness bound ago.
+  bool current() const;
+
   bool isRevoked(std::string_view jti) const;
   /// Suspended, or every token issued at or before `iat` revoked.
   bool systemBlocks(const std::string& clientId, std::int64_t iat) const;
@@ -49,6 +62,10 @@ class TokenState {
   Snapshot<std::map<std::string, SystemState>> systems_{std::make_shared<const std::map<std::string, SystemState>>()};
   std::mutex syncMutex_;
   std::int64_t cursor_ = 0;
+  const std::chrono::milliseconds max_staleness_;
+  /// steady_clock nanoseconds at which the last successful sync began; 0 before the first.
+  std::atomic<std::int64_t> synced_as_of_{0};
+  std::atomic<bool> sync_failed_{false};
 };
 
 }  // namespace smartbroker::broker
