@@ -56,24 +56,16 @@ constexpr const char* kUsage =
     "       smart-broker keys list|rotate [--now]|retire KID|revoke KID [--force]|export-jwks [--config FILE]\n"
     "       smart-broker --version | --help\n";
 
-/// The broker permission that lets a system introspect tokens (pre-authorize it like a scope).
-const std::string kIntrospectionPermission = "smart-broker:introspect";
-/// The broker permission that lets a system (the consent platform) PUT and DELETE /consents/{id}.
-const std::string kConsentAdminPermission = "smart-broker:consent-admin";
 /// How often the revocation/suspension mirror follows the store, and how far behind it may be before the
 /// endpoints that answer from it fail closed (issue 7: changes made elsewhere are seen within one second).
 constexpr std::chrono::milliseconds kStateSyncInterval{200};
 constexpr std::chrono::milliseconds kStateMaxStaleness{1000};
 
-/// Every broker permission a registration may list under `scopes:`.
-std::vector<std::string> brokerPermissions() { return {kIntrospectionPermission, kConsentAdminPermission}; }
-
 sb::config::Validators validators() {
   sb::config::Validators v;
+  // Broker permissions (server.introspection_scope, server.consent_admin_scope) are recognised by the config
+  // loader itself; every other pre-authorized scope must be a SMART system/ scope.
   v.scope = [](const std::string& scope) -> std::optional<std::string> {
-    if (scope == kIntrospectionPermission || scope == kConsentAdminPermission) {
-      return std::nullopt;
-    }
     if (!sb::broker::parseSystemScope(scope)) {
       return "not a valid system/ scope (SMART v1 .read/.write/.*, v2 .cruds subset in order, optional ?param=value)";
     }
@@ -195,7 +187,7 @@ int run(const std::string& configPath, sigset_t signals) {
       return 1;
     }
     auto registryValue =
-        std::make_shared<const sb::broker::ClientRegistry>(config->systems, brokerPermissions());
+        std::make_shared<const sb::broker::ClientRegistry>(config->systems, server.permissionScopes());
     sb::broker::Snapshot<sb::broker::DiscoveryDocuments> discovery(
         std::make_shared<const sb::broker::DiscoveryDocuments>(
             sb::broker::buildDiscovery(server, registryValue->allAlgorithms())));
@@ -254,14 +246,14 @@ int run(const std::string& configPath, sigset_t signals) {
     const sb::broker::AccessTokenVerifier verifier(server.issuer(), keys, clock, server.clock_skew.count());
     const sb::broker::TokenServices services{verifier, tokenState, registry, *store, clock, log,
                                              tokenPolicy.form, server.clock_skew.count(), &consents};
-    const sb::broker::IntrospectionEndpoint introspection(services, introspectAuth, kIntrospectionPermission);
+    const sb::broker::IntrospectionEndpoint introspection(services, introspectAuth, server.introspection_scope);
     const sb::broker::RevocationEndpoint revocation(services, revokeAuth);
     // Consent admin callers name {base}/consents in aud (the token endpoint and issuer are accepted too).
     sb::broker::AssertionPolicy consentPolicy = introspectPolicy;
     consentPolicy.audience = server.public_base_url + "/consents";
     const sb::broker::ClientAuthenticator consentAuth(consentPolicy, registry, keySource, clock, &tokenState);
     const sb::broker::ConsentEndpoint consentEndpoint(consents, verifier, tokenState, registry, *store, consentAuth,
-                                                      kConsentAdminPermission, server.clock_skew.count(), log);
+                                                      server.consent_admin_scope, server.clock_skew.count(), log);
 
     // Maintenance: follow revocations and suspensions made elsewhere (admin commands, other instances) within
     // the staleness bound, and forget revocations of tokens that have expired.
@@ -323,9 +315,16 @@ int run(const std::string& configPath, sigset_t signals) {
       if (sig == SIGHUP) {
         sd_notify(0, "RELOADING=1");
         // Only the registry reloads; listener, keys and store settings apply at the next start.
-        if (auto next = load(configPath, log, false)) {
+        auto next = load(configPath, log, false);
+        if (next && next->server.permissionScopes() != server.permissionScopes()) {
+          // The endpoints hold the names they were started with; a registry built with other names would
+          // grant a permission no endpoint honours (or honour one no registration names).
+          log.event("reload_failed", {{"reason", "permission_scopes_changed"},
+                                      {"note", "restart to apply server.introspection_scope or consent_admin_scope; "
+                                               "previous registry kept"}});
+        } else if (next) {
           auto nextRegistry = std::make_shared<const sb::broker::ClientRegistry>(
-              next->systems, brokerPermissions());
+              next->systems, server.permissionScopes());
           discovery.set(std::make_shared<const sb::broker::DiscoveryDocuments>(
               sb::broker::buildDiscovery(server, nextRegistry->allAlgorithms())));
           registry.set(nextRegistry);

@@ -302,11 +302,22 @@ std::string ScopeGrant::scopeString() const {
     }
     out += scope.str();
   }
+  for (const auto& permission : permissions) {
+    if (!out.empty()) {
+      out += ' ';
+    }
+    out += permission;
+  }
   return out;
 }
 
 ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope>& preauthorized,
                        std::size_t maxScopes) {
+  return grantScopes(requested, preauthorized, {}, maxScopes);
+}
+
+ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope>& preauthorized,
+                       const std::vector<std::string>& preauthorizedPermissions, std::size_t maxScopes) {
   ScopeGrant grant;
   std::vector<SystemScope> candidates;
   std::size_t seen = 0;
@@ -322,6 +333,13 @@ ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope
     const std::string_view text = requested.substr(pos, end - pos);
     pos = end;
 
+    // A broker permission is granted by exact name only: no wildcard, no containment, no downscoping.
+    if (std::ranges::find(preauthorizedPermissions, text) != preauthorizedPermissions.end()) {
+      if (std::ranges::find(grant.permissions, text) == grant.permissions.end()) {
+        grant.permissions.emplace_back(text);
+      }
+      continue;
+    }
     // The work below is bounded by maxScopes x preauthorized.size(); scopes past the bound are not
     // even parsed.
     if (seen++ >= maxScopes) {

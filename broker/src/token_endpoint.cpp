@@ -106,15 +106,9 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
   if (!tokenRequest->scope || tokenRequest->scope->empty()) {
     return deny({DenyReason::ScopeMissing, {}, client.client_id});
   }
-  const ScopeGrant grant = grantScopes(*tokenRequest->scope, client.scopes, policy_.max_scope_count);
-  // Broker permissions (the introspection permission) are granted only by exact name, when pre-authorized.
+  const ScopeGrant grant =
+      grantScopes(*tokenRequest->scope, client.scopes, client.permissions, policy_.max_scope_count);
   std::string scope = grant.scopeString();
-  for (const std::string& permission : client.permissions) {
-    if (scopeHas(*tokenRequest->scope, permission)) {
-      scope += scope.empty() ? "" : " ";
-      scope += permission;
-    }
-  }
   if (scope.empty()) {
     return deny({DenyReason::NoScopeGranted, std::string(tokenRequest->scope->substr(0, 256)), client.client_id});
   }

@@ -48,6 +48,12 @@
 //                                        # unknown kid; failed fetches are remembered this long
 //       serve_stale: 0                   # seconds, 0..86400: keep using an expired set this long while its URL
 //                                        # is unreachable (0 = never; see README)
+//     introspection_scope: smart-broker:introspect
+//                                        # the broker permission for POST /introspect (README "Scopes"): an RFC
+//                                        # 6749 scope-token of 1..128 bytes, not system/, patient/ or user/
+//     consent_admin_scope: smart-broker:consent-admin
+//                                        # the same rules; the permission for PUT/DELETE /consents/{id}; must
+//                                        # differ from introspection_scope
 //     tls:                               # optional map; when present both members are required
 //       certificate_file: /etc/smart-broker/tls.crt
 //       private_key_file: /etc/smart-broker/tls.key
@@ -71,7 +77,8 @@
 //       enabled: true                    # true | false; default true
 //       algorithms: [RS384, ES384]       # optional, non-empty, no duplicates; each one of RS256 RS384 ES256
 //                                        # ES384 (never none or HS*); default [RS384, ES384]
-//       scopes: [system/*.rs]            # required, non-empty; each checked by Validators::scope when set
+//       scopes: [system/*.rs]            # required, non-empty; each a broker permission named above, or
+//                                        # checked by Validators::scope when set
 //       token_lifetime: 300              # optional seconds, 1..server.max_token_lifetime
 //       # exactly one of the following three:
 //       jwks: {keys: [{kty: RSA, kid: k1, n: ..., e: AQAB}]}   # inline JWK Set (YAML or JSON-style)
@@ -655,7 +662,7 @@ class Loader {
                                         "max_token_lifetime", "clock_skew", "max_assertion_lifetime",
                                         "state_directory", "database_path", "signing_algorithm", "threads",
                                         "max_queued", "keep_alive_timeout", "limits", "jwks_fetch", "tls",
-                                        "storage", "postgresql"});
+                                        "storage", "postgresql", "introspection_scope", "consent_admin_scope"});
     if (!fields) {
       return;
     }
@@ -767,6 +774,20 @@ class Loader {
     }
     if (const auto v = fields->get("tls")) {
       parseTls(*v, server.tls);
+    }
+    if (const auto v = fields->get("introspection_scope")) {
+      if (const auto name = permissionScopeName(*v)) {
+        server.introspection_scope = *name;
+      }
+    }
+    if (const auto v = fields->get("consent_admin_scope")) {
+      if (const auto name = permissionScopeName(*v)) {
+        if (*name == server.introspection_scope) {
+          problem(v->line, v->key, "must differ from introspection_scope");
+        } else {
+          server.consent_admin_scope = *name;
+        }
+      }
     }
     parseStorage(*fields, server);
   }
@@ -1118,7 +1139,7 @@ class Loader {
       parseAlgorithms(*v, system.algorithms);
     }
     if (const auto v = required(*fields, "scopes")) {
-      parseScopes(*v, system.scopes);
+      parseScopes(*v, server, system.scopes);
     }
     if (const auto v = fields->get("token_lifetime")) {
       if (const auto seconds =
@@ -1349,7 +1370,30 @@ class Loader {
     }
   }
 
-  void parseScopes(const Item& item, std::vector<std::string>& scopes) {
+  /// A broker permission name: an RFC 6749 §3.3 scope-token that cannot be mistaken for a SMART scope.
+  std::optional<std::string> permissionScopeName(const Item& item) {
+    const auto name = nonEmptyText(item);
+    if (!name) {
+      return std::nullopt;
+    }
+    const bool tokenChars = std::ranges::all_of(*name, [](char c) {
+      const auto u = static_cast<unsigned char>(c);
+      return u == 0x21 || (u >= 0x23 && u <= 0x5B) || (u >= 0x5D && u <= 0x7E);
+    });
+    if (name->size() > 128 || !tokenChars) {
+      problem(item.line, item.key, "must be 1..128 characters of an RFC 6749 scope-token (no space, '\"' or '\\')");
+      return std::nullopt;
+    }
+    for (const std::string_view context : {"system/", "patient/", "user/"}) {
+      if (name->starts_with(context)) {
+        problem(item.line, item.key, "must not look like a SMART scope (" + std::string(context) + "...)");
+        return std::nullopt;
+      }
+    }
+    return name;
+  }
+
+  void parseScopes(const Item& item, const Server& server, std::vector<std::string>& scopes) {
     const auto items = list(item);
     if (!items) {
       return;
@@ -1361,6 +1405,10 @@ class Loader {
     for (const Item& entry : *items) {
       const auto scope = nonEmptyText(entry);
       if (!scope) {
+        continue;
+      }
+      if (*scope == server.introspection_scope || *scope == server.consent_admin_scope) {
+        scopes.push_back(*scope);
         continue;
       }
       if (validators_.scope) {

@@ -343,3 +343,41 @@ BOOST_AUTO_TEST_CASE(refuses_an_unknown_system) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(introspection_scope_name)
+
+// server.introspection_scope renames the permission: the configured name is granted and honoured, the default
+// name is then an ordinary (unparseable, never granted) scope.
+BOOST_AUTO_TEST_CASE(honours_the_configured_introspection_scope_and_only_it) {
+  Broker::Options o;
+  o.server_extra = "  introspection_scope: acme:introspect\n";
+  o.systems =
+      "\n  - client_id: rs384-client\n    algorithms: [RS384]\n    scopes: [system/*.rs]\n"
+      "    jwks_file: @DATA@/keys/rs384-client.jwks.json\n"
+      "  - client_id: resource-server\n    algorithms: [RS384]\n    scopes: [acme:introspect]\n"
+      "    jwks_file: @DATA@/keys/other-client.jwks.json\n";
+  Broker b(o);
+  const auto sign = [&](const std::string& clientId, const std::string& key) {
+    Json header = object({{"alg", "RS384"}, {"kid", key}, {"typ", "JWT"}});
+    return jose().sign("RS384", keyFile(key), header, claims(clientId, b.tokenUrl()));
+  };
+  const Response oldName = b.post("/token", tokenForm(sign("resource-server", "other-client"), "smart-broker:introspect"));
+  BOOST_TEST(oldName.status == 400, oldName.body);
+  BOOST_TEST(oldName.json()->getValue<std::string>("error") == "invalid_scope");
+  const Response notPreauthorized = b.post("/token", tokenForm(sign("rs384-client", "rs384-client"), "acme:introspect"));
+  BOOST_TEST(notPreauthorized.status == 400, notPreauthorized.body);
+
+  const Response caller = b.post("/token", tokenForm(sign("resource-server", "other-client"), "acme:introspect"));
+  BOOST_TEST_REQUIRE(caller.status == 200, caller.body);
+  BOOST_TEST(caller.json()->getValue<std::string>("scope") == "acme:introspect");
+  const Response subject = b.post("/token", tokenForm(sign("rs384-client", "rs384-client"), "system/*.rs"));
+  BOOST_TEST_REQUIRE(subject.status == 200, subject.body);
+  const Response r = b.request("POST", "/introspect",
+                               formEncode({{"token", subject.json()->getValue<std::string>("access_token")}}),
+                               "application/x-www-form-urlencoded",
+                               {{"Authorization", "Bearer " + caller.json()->getValue<std::string>("access_token")}});
+  BOOST_TEST_REQUIRE(r.status == 200, r.body);
+  BOOST_TEST(r.json()->getValue<bool>("active"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

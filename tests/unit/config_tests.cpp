@@ -934,3 +934,63 @@ BOOST_AUTO_TEST_CASE(refuses_unknown_storage_and_bad_pool_sizes) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(permission_scopes)
+
+const std::string kSystemKeys = "    jwks: {keys: [" + rsaJwk("k1", kRs384N) + "]}\n";
+
+BOOST_AUTO_TEST_CASE(defaults_to_the_documented_names_and_accepts_them_in_registrations) {
+  const Config config = parsed(withSystem("  - client_id: rs\n    scopes: [smart-broker:introspect, "
+                                          "smart-broker:consent-admin, system/*.rs]\n" + kSystemKeys));
+  BOOST_TEST(config.server.introspection_scope == "smart-broker:introspect");
+  BOOST_TEST(config.server.consent_admin_scope == "smart-broker:consent-admin");
+  BOOST_TEST(config.systems.at(0).scopes ==
+                 (std::vector<std::string>{"smart-broker:introspect", "smart-broker:consent-admin", "system/*.rs"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(renamed_permissions_are_accepted_and_the_old_names_are_not) {
+  const std::string server = kMinimalServer + "  introspection_scope: acme:introspect\n"
+                                              "  consent_admin_scope: acme/consents.write\n";
+  const Config config =
+      parsed(server + "systems:\n  - client_id: rs\n    scopes: [acme:introspect, acme/consents.write]\n" + kSystemKeys);
+  BOOST_TEST(config.server.introspection_scope == "acme:introspect");
+  BOOST_TEST(config.server.consent_admin_scope == "acme/consents.write");
+  BOOST_TEST(config.server.permissionScopes() ==
+                 (std::vector<std::string>{"acme:introspect", "acme/consents.write"}),
+             boost::test_tools::per_element());
+  // The default name is now an ordinary scope, and the injected validator refuses it.
+  BOOST_TEST(problemsOf(server + "systems:\n  - client_id: rs\n    scopes: [smart-broker:introspect]\n" +
+                        kSystemKeys) ==
+                 (std::vector<std::string>{"t.yaml:9: systems[0].scopes[0]: not a system/ scope (test validator)"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(refuses_names_that_are_not_scope_tokens_or_look_like_smart_scopes) {
+  BOOST_TEST(problemsOf(kMinimalServer + "  introspection_scope: \"a b\"\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.introspection_scope: must be 1..128 characters of an "
+                                           "RFC 6749 scope-token (no space, '\"' or '\\')"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(kMinimalServer + "  introspection_scope: system/Introspect.rs\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.introspection_scope: must not look like a SMART scope "
+                                           "(system/...)"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(kMinimalServer + "  consent_admin_scope: patient/Consent.cud\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.consent_admin_scope: must not look like a SMART scope "
+                                           "(patient/...)"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(kMinimalServer + "  introspection_scope: " + std::string(129, 'x') + "\n").size() == 1U);
+  BOOST_TEST(problemsOf(kMinimalServer + "  introspection_scope: " + std::string(128, 'x') + "\n").empty());
+  BOOST_TEST(problemsOf(kMinimalServer + "  introspection_scope: \"\"\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.introspection_scope: must not be empty"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(refuses_one_name_for_both_permissions) {
+  BOOST_TEST(problemsOf(kMinimalServer + "  introspection_scope: acme:all\n  consent_admin_scope: acme:all\n") ==
+                 (std::vector<std::string>{"t.yaml:6: server.consent_admin_scope: must differ from "
+                                           "introspection_scope"}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_SUITE_END()

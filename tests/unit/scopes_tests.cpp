@@ -655,3 +655,41 @@ BOOST_AUTO_TEST_CASE(grants_equivalent_access_whichever_order_the_preauthorizati
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(grant_permissions)
+
+const std::vector<std::string> kPermissions{"smart-broker:introspect", "smart-broker:consent-admin"};
+
+BOOST_AUTO_TEST_CASE(grants_a_preauthorized_permission_by_exact_name_after_the_system_scopes) {
+  const ScopeGrant grant = grantScopes("smart-broker:introspect system/Observation.rs",
+                                       scopes("system/*.rs"), kPermissions, 64);
+  BOOST_TEST(grant.scopeString() == "system/Observation.rs smart-broker:introspect");
+  BOOST_TEST(grant.permissions == (std::vector<std::string>{"smart-broker:introspect"}), boost::test_tools::per_element());
+  BOOST_TEST(grant.dropped.empty());
+}
+
+BOOST_AUTO_TEST_CASE(grants_nothing_but_the_exact_preauthorized_names) {
+  const std::vector<std::string> introspectOnly{"smart-broker:introspect"};
+  for (const std::string requested : {"smart-broker:consent-admin", "smart-broker:*", "smart-broker:Introspect",
+                                      "smart-broker:introspect2", "smart-broker", "smart-broker:introspect/x"}) {
+    BOOST_TEST_CONTEXT(requested) {
+      const ScopeGrant grant = grantScopes(requested, scopes("system/*.cruds"), introspectOnly, 64);
+      BOOST_TEST(grant.scopeString().empty());
+      BOOST_TEST(joined(grant.dropped) == requested);
+    }
+  }
+  // Without pre-authorized permissions the name is just an unparseable scope.
+  const ScopeGrant none = grantScopes("smart-broker:introspect", scopes("system/*.cruds"), {}, 64);
+  BOOST_TEST(none.scopeString().empty());
+  BOOST_TEST(joined(none.dropped) == "smart-broker:introspect");
+}
+
+BOOST_AUTO_TEST_CASE(deduplicates_permissions_keeps_request_order_and_does_not_count_them_against_the_bound) {
+  const ScopeGrant grant =
+      grantScopes("smart-broker:consent-admin smart-broker:introspect smart-broker:consent-admin system/Patient.rs",
+                  scopes("system/*.rs"), kPermissions, 1);
+  BOOST_TEST(grant.scopeString() == "system/Patient.rs smart-broker:consent-admin smart-broker:introspect");
+  BOOST_TEST(grant.dropped.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -24,7 +24,7 @@ struct KeyMatch {
   std::vector<const jwks::PublicKey*> keys;      ///< kid matches and the key fits the alg
 };
 
-/// Where a client's verification keys come from (inline keys here; by jwks_uri in a later issue).
+/// Where a client's verification keys come from: its inline JWK Set, or its jwks_uri through the fetch cache.
 class ClientKeySource {
  public:
   virtual ~ClientKeySource() = default;

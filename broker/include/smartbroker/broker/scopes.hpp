@@ -47,8 +47,10 @@ std::optional<SystemScope> parseSystemScope(std::string_view scope);
 /// The outcome of a scope request.
 struct ScopeGrant {
   std::vector<SystemScope> granted;   ///< what the token carries, deduplicated, in request order
+  std::vector<std::string> permissions;  ///< broker permissions granted, deduplicated, in request order
   std::vector<std::string> dropped;   ///< requested scopes that were not (fully) granted, for the log
-  /// Space-separated `granted`, each rendered with str(): the token's and the response's `scope`.
+  /// Space-separated `granted`, each rendered with str(), then `permissions`: the token's and the response's
+  /// `scope`.
   std::string scopeString() const;
 };
 
@@ -61,6 +63,13 @@ struct ScopeGrant {
 /// `maxScopes` bounds the work: further requested scopes are dropped.
 ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope>& preauthorized,
                        std::size_t maxScopes = 64);
+
+/// The same, with broker permissions: scopes outside SMART's grammar that grant use of the broker's own endpoints
+/// (config server.introspection_scope, server.consent_admin_scope). A requested scope equal to one of
+/// `preauthorizedPermissions` is granted as it is; nothing else can grant a permission, and a permission that is
+/// not pre-authorized is dropped like any unparseable scope. Permissions do not count against `maxScopes`.
+ScopeGrant grantScopes(std::string_view requested, const std::vector<SystemScope>& preauthorized,
+                       const std::vector<std::string>& preauthorizedPermissions, std::size_t maxScopes);
 
 /// True when the space-separated `scope` contains `word` as a whole scope token.
 bool scopeHas(std::string_view scope, std::string_view word);

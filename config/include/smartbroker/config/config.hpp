@@ -69,6 +69,13 @@ struct Server {
   Limits limits;
   JwksFetch jwks_fetch;
   std::optional<Tls> tls;
+  /// Broker permissions: scopes outside SMART's grammar that a registration lists under `scopes:` and a token
+  /// carries to call the broker's own endpoints (README "Scopes"). Granted only by exact name.
+  std::string introspection_scope = "smart-broker:introspect";    ///< POST /introspect with a bearer token or as a system
+  std::string consent_admin_scope = "smart-broker:consent-admin";  ///< PUT and DELETE /consents/{id}
+
+  /// Every broker permission name, for the scope engine and the registry.
+  std::vector<std::string> permissionScopes() const { return {introspection_scope, consent_admin_scope}; }
 
   /// The token endpoint URL: the one and only accepted assertion `aud` (SPEC "Authenticating" 7).
   std::string tokenEndpoint() const { return public_base_url + "/token"; }
