@@ -1,10 +1,5 @@
 // End-to-end: consent-aware issuance and introspection, the local consent endpoint, a remote FHIR consent source
 // and withdrawal notifications, against the real binary and a node FHIR server / consent platform (fhir_server.mjs).
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPClientSession.h>
@@ -37,52 +32,9 @@ const std::string kJwtBearer = "urn:ietf:params:oauth:client-assertion-type:jwt-
 /// node tests/e2e/fhir_server.mjs: the FHIR server holding Consents and the consent platform's receiver.
 class FhirServer {
  public:
-  FhirServer() {
-    int in[2];
-    int out[2];
-    if (::pipe(in) != 0 || ::pipe(out) != 0) {
-      throw std::runtime_error("pipe failed");
-    }
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(in[0], 0);
-      ::dup2(out[1], 1);
-      ::close(in[1]);
-      ::close(out[0]);
-      const std::string script = std::string(SMARTBROKER_E2E_DIR) + "/fhir_server.mjs";
-      ::execlp("node", "node", script.c_str(), nullptr);
-      ::_exit(127);
-    }
-    ::close(in[0]);
-    ::close(out[1]);
-    stdin_ = in[1];
-    std::string line;
-    while (line.find('\n') == std::string::npos) {
-      pollfd pfd{out[0], POLLIN, 0};
-      if (::poll(&pfd, 1, 20000) <= 0) {
-        throw std::runtime_error("fhir_server.mjs did not start");
-      }
-      char chunk[512];
-      const ssize_t n = ::read(out[0], chunk, sizeof chunk);
-      if (n <= 0) {
-        throw std::runtime_error("fhir_server.mjs exited (is node installed?)");
-      }
-      line.append(chunk, static_cast<std::size_t>(n));
-    }
-    ::close(out[0]);
+  FhirServer() : node_("fhir_server.mjs") {
     Poco::JSON::Parser parser;
-    port_ = static_cast<std::uint16_t>(
-        parser.parse(line.substr(0, line.find('\n'))).extract<Json>()->getValue<int>("port"));
-  }
-  ~FhirServer() {
-    ::close(stdin_);
-    int status = 0;
-    for (int i = 0; i < 300 && ::waitpid(pid_, &status, WNOHANG) != pid_; ++i) {
-      std::this_thread::sleep_for(10ms);
-      if (i == 200) {
-        ::kill(pid_, SIGTERM);
-      }
-    }
+    port_ = static_cast<std::uint16_t>(parser.parse(node_.readLine()).extract<Json>()->getValue<int>("port"));
   }
   FhirServer(const FhirServer&) = delete;
   FhirServer& operator=(const FhirServer&) = delete;
@@ -113,8 +65,7 @@ class FhirServer {
   int attempts() const { return call("GET", "/_admin/notifications")->getValue<int>("attempts"); }
 
  private:
-  pid_t pid_ = -1;
-  int stdin_ = -1;
+  NodeProcess node_;  ///< the server ends when its stdin closes
   std::uint16_t port_ = 0;
 };
 

@@ -1,4 +1,5 @@
-// The e2e harness: process control (fork/exec), a loopback HTTP client (POCO) and the jose line protocol.
+// The e2e harness: process control (fork/exec, node helpers, commands), a loopback HTTP client (POCO) and the jose
+// line protocol.
 #include "harness.hpp"
 
 #include <fcntl.h>
@@ -17,7 +18,9 @@
 #include <Poco/StreamCopier.h>
 #include <Poco/URI.h>
 
+#include <array>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -319,68 +322,144 @@ Response Broker::post(const std::string& path, const std::string& body, const st
 
 Response Broker::get(const std::string& path) const { return request("GET", path); }
 
-// ---------------------------------------------------------------------------------------------- Jose
+// ---------------------------------------------------------------------------------------------- commands
 
-Jose::Jose() {
+Run runCommand(const std::string& command) {
+  Run out;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) {
+    throw std::runtime_error("popen failed: " + command);
+  }
+  std::array<char, 4096> buf{};
+  std::size_t n = 0;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) {
+    out.output.append(buf.data(), n);
+  }
+  const int status = ::pclose(pipe);
+  out.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+Run runBroker(const std::string& args) { return runCommand(std::string(SMARTBROKER_BINARY) + " " + args); }
+
+// ---------------------------------------------------------------------------------------------- NodeProcess
+
+NodeProcess::NodeProcess(const std::string& script, const std::vector<std::string>& args) : script_(script) {
+  // argv is built before fork: between fork and exec the child of a threaded process may only make
+  // async-signal-safe calls, so no allocation there.
+  const std::string path = std::string(SMARTBROKER_E2E_DIR) + "/" + script;
+  std::vector<std::string> words{"node", path};
+  words.insert(words.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& word : words) {
+    argv.push_back(word.data());
+  }
+  argv.push_back(nullptr);
+
+  // Close-on-exec: a broker or another helper forked later must not hold these ends, or closing our end of the
+  // child's stdin would not reach it as end of file.
   int in[2];
   int out[2];
-  if (::pipe(in) != 0 || ::pipe(out) != 0) {
+  if (::pipe2(in, O_CLOEXEC) != 0) {
+    throw std::runtime_error("pipe failed");
+  }
+  if (::pipe2(out, O_CLOEXEC) != 0) {
+    ::close(in[0]);
+    ::close(in[1]);
     throw std::runtime_error("pipe failed");
   }
   pid_ = ::fork();
   if (pid_ == 0) {
+    // dup2 clears close-on-exec on the copies; the originals close at exec.
     ::dup2(in[0], 0);
     ::dup2(out[1], 1);
-    ::close(in[1]);
-    ::close(out[0]);
-    const std::string script = std::string(SMARTBROKER_E2E_DIR) + "/jose_helper.mjs";
-    ::execlp("node", "node", script.c_str(), nullptr);
+    ::execvp("node", argv.data());
     ::_exit(127);
   }
   ::close(in[0]);
   ::close(out[1]);
+  if (pid_ < 0) {
+    ::close(in[1]);
+    ::close(out[0]);
+    throw std::runtime_error("fork failed");
+  }
   to_ = in[1];
   from_ = out[0];
 }
 
-Jose::~Jose() {
-  ::close(to_);
-  ::close(from_);
-  int status = 0;
-  ::waitpid(pid_, &status, 0);
+NodeProcess::~NodeProcess() { stop(); }
+
+void NodeProcess::sendLine(const std::string& line) {
+  const std::string text = line + "\n";
+  if (to_ < 0 || ::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    throw std::runtime_error(script_ + ": write failed");
+  }
 }
+
+std::string NodeProcess::readLine(int timeoutMs) {
+  for (;;) {
+    const std::size_t nl = buffer_.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return line;
+    }
+    pollfd pfd{from_, POLLIN, 0};
+    if (from_ < 0 || ::poll(&pfd, 1, timeoutMs) <= 0) {
+      throw std::runtime_error(script_ + ": no answer");
+    }
+    char chunk[65536];
+    const ssize_t n = ::read(from_, chunk, sizeof chunk);
+    if (n <= 0) {
+      throw std::runtime_error(script_ + " exited (is node installed and `npm ci` run in tests/e2e?)");
+    }
+    buffer_.append(chunk, static_cast<std::size_t>(n));
+  }
+}
+
+void NodeProcess::stop() {
+  if (to_ >= 0) {
+    ::close(to_);
+    to_ = -1;
+  }
+  if (from_ >= 0) {
+    ::close(from_);
+    from_ = -1;
+  }
+  if (pid_ <= 0) {
+    return;
+  }
+  int status = 0;
+  for (int i = 0; i < 300; ++i) {
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return;
+    }
+    if (i == 200) {
+      ::kill(pid_, SIGTERM);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+// ---------------------------------------------------------------------------------------------- Jose
+
+Jose::Jose() : node_("jose_helper.mjs") {}
 
 Json Jose::call(const Json& command) {
   std::lock_guard lock(mutex_);
   std::ostringstream line;
   Poco::JSON::Stringifier::stringify(command, line);
-  std::string text = line.str() + "\n";
-  if (::write(to_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-    throw std::runtime_error("jose helper: write failed");
+  node_.sendLine(line.str());
+  Poco::JSON::Parser parser;
+  Json result = parser.parse(node_.readLine()).extract<Json>();
+  if (result->has("error") && !result->has("ok")) {
+    throw std::runtime_error("jose helper: " + result->getValue<std::string>("error"));
   }
-  for (;;) {
-    const std::size_t nl = buffer_.find('\n');
-    if (nl != std::string::npos) {
-      const std::string answer = buffer_.substr(0, nl);
-      buffer_.erase(0, nl + 1);
-      Poco::JSON::Parser parser;
-      Json result = parser.parse(answer).extract<Json>();
-      if (result->has("error") && !result->has("ok")) {
-        throw std::runtime_error("jose helper: " + result->getValue<std::string>("error"));
-      }
-      return result;
-    }
-    pollfd pfd{from_, POLLIN, 0};
-    if (::poll(&pfd, 1, 20000) <= 0) {
-      throw std::runtime_error("jose helper: no answer");
-    }
-    char chunk[65536];
-    const ssize_t n = ::read(from_, chunk, sizeof chunk);
-    if (n <= 0) {
-      throw std::runtime_error("jose helper exited (is node installed and `npm ci` run in tests/e2e?)");
-    }
-    buffer_.append(chunk, static_cast<std::size_t>(n));
-  }
+  return result;
 }
 
 std::string Jose::sign(const std::string& alg, const std::string& key, const Json& header, const Json& payload) {

@@ -86,11 +86,47 @@ class Broker {
   std::uint16_t port_ = 0;
 };
 
+/// What a command printed on stdout and stderr together, and how it ended.
+struct Run {
+  int status = -1;     ///< the exit code; -1 when a signal ended it
+  std::string output;
+};
+
+/// Runs `command` with /bin/sh, stderr joined to stdout, and waits for it to end.
+Run runCommand(const std::string& command);
+/// `smart-broker ARGS`: the binary under test, e.g. runBroker("keys rotate --config " + b.configPath()).
+Run runBroker(const std::string& args);
+
+/// `node SCRIPT ARGS...` as a child speaking a line protocol: lines go to its stdin, answers come from its stdout
+/// (its stderr is the test's). The pipes are close-on-exec, so no other child (a broker, another helper) holds them;
+/// the child is always reaped. Not thread-safe: a caller shared between threads serializes its own calls.
+class NodeProcess {
+ public:
+  /// `script` is a file name in tests/e2e.
+  explicit NodeProcess(const std::string& script, const std::vector<std::string>& args = {});
+  ~NodeProcess();
+  NodeProcess(const NodeProcess&) = delete;
+  NodeProcess& operator=(const NodeProcess&) = delete;
+
+  /// Writes `line` and a newline.
+  void sendLine(const std::string& line);
+  /// The next line without its newline; throws when none comes within `timeoutMs` or the child exits first.
+  std::string readLine(int timeoutMs = 20000);
+  /// Closes its stdin (the helpers end on that), waits up to 2 s, then SIGTERM, then SIGKILL. Idempotent.
+  void stop();
+
+ private:
+  std::string script_;
+  pid_t pid_ = -1;
+  int to_ = -1;
+  int from_ = -1;
+  std::string buffer_;
+};
+
 /// node tests/e2e/jose_helper.mjs, one JSON command per line.
 class Jose {
  public:
   Jose();
-  ~Jose();
   Json call(const Json& command);
 
   /// Signs with node:crypto; `header` overlays {"alg": alg, "typ": "JWT"}.
@@ -102,10 +138,7 @@ class Jose {
               const std::string& audience);
 
  private:
-  pid_t pid_ = -1;
-  int to_ = -1;
-  int from_ = -1;
-  std::string buffer_;
+  NodeProcess node_;
   std::mutex mutex_;  ///< one command and its answer at a time: tests call from several threads
 };
 

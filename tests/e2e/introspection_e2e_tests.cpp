@@ -1,12 +1,8 @@
 // End-to-end: introspection (RFC 7662), revocation (RFC 7009) and the operator's system commands.
-#include <sys/wait.h>
-
 #include <boost/test/unit_test.hpp>
 
-#include <array>
 #include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <thread>
 #include <vector>
 
@@ -52,21 +48,13 @@ struct Fixture {
                                          {"client_assertion", assertion(clientId, b.baseUrl() + "/revoke")}}));
   }
 
+  /// `smart-broker systems ARGS --config <the broker's config>`: the exit status, and its output in `output`.
   int admin(const std::string& args, std::string* output = nullptr) {
-    const std::string command =
-        std::string(SMARTBROKER_BINARY) + " systems " + args + " --config " + b.configPath() + " 2>&1";
-    FILE* pipe = ::popen(command.c_str(), "r");
-    std::array<char, 4096> buf{};
-    std::string text;
-    std::size_t n = 0;
-    while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) {
-      text.append(buf.data(), n);
-    }
-    const int status = ::pclose(pipe);
+    const Run run = runBroker("systems " + args + " --config " + b.configPath());
     if (output != nullptr) {
-      *output = text;
+      *output = run.output;
     }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run.status;
   }
 
   bool active(const std::string& token) {

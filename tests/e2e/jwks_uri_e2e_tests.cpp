@@ -1,8 +1,4 @@
 // End-to-end: client keys by jwks_uri, served by a scriptable node server (jwks_server.mjs) to the real binary.
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <Poco/JSON/Array.h>
@@ -18,7 +14,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <latch>
@@ -49,46 +44,13 @@ class JwksServer {
       }
       tlsDir_ = dir;
     }
-    int in[2];
-    int out[2];
-    if (::pipe(in) != 0 || ::pipe(out) != 0) {
-      throw std::runtime_error("pipe failed");
+    std::vector<std::string> args{dataDir() + "/keys"};
+    if (!tlsDir_.empty()) {
+      args.insert(args.end(), {"--tls", tlsDir_});
     }
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(in[0], 0);
-      ::dup2(out[1], 1);
-      ::close(in[1]);
-      ::close(out[0]);
-      const std::string script = std::string(SMARTBROKER_E2E_DIR) + "/jwks_server.mjs";
-      const std::string keys = dataDir() + "/keys";
-      if (tlsDir_.empty()) {
-        ::execlp("node", "node", script.c_str(), keys.c_str(), nullptr);
-      } else {
-        ::execlp("node", "node", script.c_str(), keys.c_str(), "--tls", tlsDir_.c_str(), nullptr);
-      }
-      ::_exit(127);
-    }
-    ::close(in[0]);
-    ::close(out[1]);
-    stdin_ = in[1];
-    const int from = out[0];
-    std::string line;
-    while (line.find('\n') == std::string::npos) {
-      pollfd pfd{from, POLLIN, 0};
-      if (::poll(&pfd, 1, 20000) <= 0) {
-        throw std::runtime_error("jwks_server.mjs did not start");
-      }
-      char chunk[4096];
-      const ssize_t n = ::read(from, chunk, sizeof chunk);
-      if (n <= 0) {
-        throw std::runtime_error("jwks_server.mjs exited (is node installed?)");
-      }
-      line.append(chunk, static_cast<std::size_t>(n));
-    }
-    ::close(from);
+    node_ = std::make_unique<NodeProcess>("jwks_server.mjs", args);
     Poco::JSON::Parser parser;
-    const Json hello = parser.parse(line.substr(0, line.find('\n'))).extract<Json>();
+    const Json hello = parser.parse(node_->readLine()).extract<Json>();
     port_ = static_cast<std::uint16_t>(hello->getValue<int>("port"));
     if (!tlsDir_.empty()) {
       tlsPort_ = static_cast<std::uint16_t>(hello->getValue<int>("tls_port"));
@@ -97,14 +59,7 @@ class JwksServer {
   }
 
   ~JwksServer() {
-    ::close(stdin_);  // the server ends when its stdin closes
-    int status = 0;
-    for (int i = 0; i < 300 && ::waitpid(pid_, &status, WNOHANG) != pid_; ++i) {
-      std::this_thread::sleep_for(10ms);
-      if (i == 200) {
-        ::kill(pid_, SIGTERM);
-      }
-    }
+    node_->stop();  // the server ends when its stdin closes; it must be gone before its TLS directory goes
     if (!tlsDir_.empty()) {
       std::error_code ec;
       std::filesystem::remove_all(tlsDir_, ec);
@@ -161,8 +116,7 @@ class JwksServer {
     return {static_cast<int>(response.getStatus()), text.str()};
   }
 
-  pid_t pid_ = -1;
-  int stdin_ = -1;
+  std::unique_ptr<NodeProcess> node_;
   std::uint16_t port_ = 0;
   std::uint16_t tlsPort_ = 0;
   std::string caFile_;

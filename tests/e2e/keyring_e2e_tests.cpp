@@ -1,16 +1,13 @@
 // End-to-end: signing-key rotation as resource servers see it, operator key commands against the running service,
 // refusals of tampered key files, and the operator's script and systemd unit.
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include <boost/test/unit_test.hpp>
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Parser.h>
 
-#include <array>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,31 +35,12 @@ const std::string kFastRotation =
     "  jwks_max_age: 1\n"
     "  retirement_grace: 1\n";
 
-struct Run {
-  int status = -1;
-  std::string output;
-};
-
-Run run(const std::string& command) {
-  Run out;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  BOOST_REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buf{};
-  std::size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) {
-    out.output.append(buf.data(), n);
-  }
-  const int status = ::pclose(pipe);
-  out.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
 /// `smart-broker keys ARGS --config <the broker's config>`.
 Run keys(const Broker& b, const std::string& args) {
-  return run(std::string(SMARTBROKER_BINARY) + " keys " + args + " --config " + b.configPath());
+  return runBroker("keys " + args + " --config " + b.configPath());
 }
 
-bool onPath(const std::string& tool) { return run("command -v " + tool + " >/dev/null").status == 0; }
+bool onPath(const std::string& tool) { return runCommand("command -v " + tool + " >/dev/null").status == 0; }
 
 std::string assertion(const std::string& clientId, const std::string& aud) {
   const std::string key = clientId == "resource-server" ? "other-client" : "rs384-client";
@@ -255,7 +233,7 @@ BOOST_AUTO_TEST_CASE(commands_change_the_running_service_without_a_restart) {
   BOOST_REQUIRE(!staged.empty());
 
   // export-jwks prints what the broker serves.
-  const Run exported = run(std::string(SMARTBROKER_BINARY) + " keys export-jwks --config " + b.configPath());
+  const Run exported = runBroker("keys export-jwks --config " + b.configPath());
   BOOST_TEST(exported.status == 0, exported.output);
   BOOST_TEST(kidsIn(exported.output) == publishedKids(b));
 
@@ -387,25 +365,25 @@ BOOST_AUTO_TEST_SUITE(operations_files)
 
 BOOST_AUTO_TEST_CASE(the_keys_script_passes_bash_n_and_shellcheck) {
   const std::string script = std::string(SMARTBROKER_SOURCE_DIR) + "/scripts/smart-broker-keys";
-  const Run syntax = run("bash -n " + script);
+  const Run syntax = runCommand("bash -n " + script);
   BOOST_TEST(syntax.status == 0, syntax.output);
   if (!onPath("shellcheck")) {
     BOOST_TEST_MESSAGE("SKIPPED shellcheck: not installed");
     std::cout << "SKIPPED shellcheck of scripts/smart-broker-keys: shellcheck is not installed" << std::endl;
     return;
   }
-  const Run lint = run("shellcheck " + script);
+  const Run lint = runCommand("shellcheck " + script);
   BOOST_TEST(lint.status == 0, lint.output);
 }
 
 BOOST_AUTO_TEST_CASE(the_keys_script_runs_the_binary_with_the_arguments) {
   Broker b;
   const std::string script = std::string(SMARTBROKER_SOURCE_DIR) + "/scripts/smart-broker-keys";
-  const Run list = run("SMART_BROKER_USER= SMART_BROKER_BIN=" + std::string(SMARTBROKER_BINARY) + " " + script +
-                       " --config " + b.configPath() + " list");
+  const Run list = runCommand("SMART_BROKER_USER= SMART_BROKER_BIN=" + std::string(SMARTBROKER_BINARY) + " " +
+                              script + " --config " + b.configPath() + " list");
   BOOST_TEST(list.status == 0, list.output);
   BOOST_TEST(list.output.find("smart-broker running: yes") != std::string::npos, list.output);
-  const Run help = run(script + " --help");
+  const Run help = runCommand(script + " --help");
   BOOST_TEST(help.status == 0, help.output);
   BOOST_TEST(help.output.find("revoke KID") != std::string::npos, help.output);
 }
@@ -432,7 +410,7 @@ BOOST_AUTO_TEST_CASE(the_systemd_units_pass_systemd_analyze_verify) {
   text << in.rdbuf();
   const std::string unit = std::regex_replace(text.str(), std::regex("/usr/sbin/smart-broker"), SMARTBROKER_BINARY);
   std::ofstream(dir / "smart-broker.service") << unit;
-  const Run verify = run("systemd-analyze verify " + (dir / "smart-broker.service").string());
+  const Run verify = runCommand("systemd-analyze verify " + (dir / "smart-broker.service").string());
   if (verify.output.find("Failed to initialize") != std::string::npos ||
       verify.output.find("System has not been booted with systemd") != std::string::npos) {
     BOOST_TEST_MESSAGE("SKIPPED: systemd-analyze cannot run here: " << verify.output);
@@ -443,7 +421,7 @@ BOOST_AUTO_TEST_CASE(the_systemd_units_pass_systemd_analyze_verify) {
   // Only warnings about this unit matter (the host's own units may have unrelated ones).
   BOOST_TEST(verify.output.find("smart-broker.service:") == std::string::npos, verify.output);
   const Run security =
-      run("systemd-analyze security --offline=true --no-pager " + (dir / "smart-broker.service").string());
+      runCommand("systemd-analyze security --offline=true --no-pager " + (dir / "smart-broker.service").string());
   std::smatch m;
   if (std::regex_search(security.output, m, std::regex("Overall exposure level for [^:]*: ([0-9.]+)"))) {
     std::cout << "systemd-analyze security exposure: " << m[1] << std::endl;

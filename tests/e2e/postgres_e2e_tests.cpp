@@ -232,9 +232,7 @@ BOOST_AUTO_TEST_CASE(a_system_suspended_through_one_instances_config_is_refused_
   }
   Pair pair(adminConnection());
   BOOST_TEST(pair.a->post("/token", tokenForm(tokenAssertion())).status == 200);
-  const std::string command = std::string(SMARTBROKER_BINARY) + " systems suspend rs384-client --config " +
-                              pair.b->configPath() + " >/dev/null 2>&1";
-  BOOST_TEST_REQUIRE(std::system(command.c_str()) == 0);
+  BOOST_TEST_REQUIRE(runBroker("systems suspend rs384-client --config " + pair.b->configPath()).status == 0);
   const auto start = Clock::now();
   int status = 200;
   while (secondsSince(start) < 3) {

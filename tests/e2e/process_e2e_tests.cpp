@@ -4,12 +4,10 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <thread>
 #include <vector>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -20,26 +18,6 @@ using namespace e2e;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct Run {
-  int status = -1;
-  std::string output;
-};
-
-/// Runs the broker binary with `args`, stdout and stderr together.
-Run runBroker(const std::string& args) {
-  Run run;
-  const std::string command = std::string(SMARTBROKER_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  std::array<char, 4096> buf{};
-  std::size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) {
-    run.output.append(buf.data(), n);
-  }
-  const int status = ::pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
 
 std::string firstLine(const std::string& path) {
   std::ifstream in(path);

@@ -28,6 +28,8 @@
 #include "smartbroker/keyring/manager.hpp"
 #include "smartbroker/keyring/signing_key.hpp"
 
+#include "test_support.hpp"
+
 // Boost.Test printers for failure messages (internal linkage, found by ADL).
 namespace smartbroker::jwks {
 [[maybe_unused]] static std::ostream& boost_test_print_type(std::ostream& os, Alg alg) { return os << algName(alg); }
@@ -45,7 +47,7 @@ namespace jw = smartbroker::jwks;
 namespace kr = smartbroker::keyring;
 using kr::KeyState;
 
-constexpr std::int64_t kT0 = 1'700'000'000;
+constexpr std::int64_t kT0 = test_support::kFixedNow;
 
 /// A policy with small numbers: rotate every 100 s, publish 20 s ahead, cache 10 s, tokens 30 s, skew 5 s, grace 7 s.
 kr::Policy smallPolicy() {
@@ -105,26 +107,10 @@ kr::RingState startedRing(const kr::Policy& p, FakeMint& mint) {
   return s;
 }
 
-class TempDir {
+/// A state directory; the keyring keeps its files in keys/.
+class TempDir : public test_support::TempDir {
  public:
-  TempDir() {
-    std::string templ = (fs::temp_directory_path() / "sb-lifecycle-XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed");
-    }
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  fs::path keys() const { return path_ / "keys"; }
-
- private:
-  fs::path path_;
+  fs::path keys() const { return path() / "keys"; }
 };
 
 unsigned modeOf(const fs::path& p) {
@@ -148,13 +134,7 @@ void writeFile(const fs::path& p, const std::string& content, unsigned mode = 06
   fs::permissions(p, static_cast<fs::perms>(mode));
 }
 
-/// A clock the test moves by hand (atomic: the manager may read it from another thread).
-struct FakeClock {
-  std::atomic<std::int64_t> t{kT0};
-  kr::NowFn fn() {
-    return [this] { return t.load(); };
-  }
-};
+using FakeClock = test_support::FakeClock<>;  ///< starts at kT0
 
 kr::KeyringOptions options(const TempDir& dir, FakeClock& clock, kr::Policy p = smallPolicy(), std::string kek = {}) {
   kr::KeyringOptions o;
@@ -605,7 +585,7 @@ BOOST_AUTO_TEST_CASE(manager_publishes_the_successor_before_it_signs_and_drops_p
   std::map<std::string, std::int64_t> firstServed{{first, kT0}};
   int snapshots = 0;
   for (std::int64_t t = kT0 + 1; t <= kT0 + 250; ++t) {
-    clock.t = t;
+    clock.set(t);
     const auto tick = m->tick();
     BOOST_TEST_REQUIRE(!tick.error.has_value(), tick.error.value_or(""));
     if (tick.published) {
@@ -681,16 +661,16 @@ BOOST_AUTO_TEST_CASE(tampered_permissions_while_running_are_reported_once_and_th
   const auto m = openManager(options(dir, clock));
   const auto before = m->current();
   fs::permissions(dir.keys() / (before->active->kid() + ".pem"), static_cast<fs::perms>(0644));
-  clock.t = kT0 + 1;
+  clock.set(kT0 + 1);
   auto tick = m->tick();
   BOOST_REQUIRE(tick.error.has_value());
   BOOST_TEST(tick.error->find("too open") != std::string::npos, *tick.error);
-  clock.t = kT0 + 2;
+  clock.set(kT0 + 2);
   tick = m->tick();
   BOOST_TEST(!tick.error.has_value());  // the same problem is not repeated every second
   BOOST_TEST(m->current() == before);
   fs::permissions(dir.keys() / (before->active->kid() + ".pem"), static_cast<fs::perms>(0600));
-  clock.t = kT0 + 3;
+  clock.set(kT0 + 3);
   tick = m->tick();
   BOOST_TEST(!tick.error.has_value());
   BOOST_TEST(std::ranges::any_of(tick.events, [](const kr::Event& e) { return e.name == "keyring_recovered"; }));
@@ -745,7 +725,7 @@ BOOST_AUTO_TEST_CASE(open_keyring_on_a_managed_keyring_never_signs_with_a_pendin
   FakeClock clock;
   const kr::Policy p = smallPolicy();
   const auto m = openManager(options(dir, clock, p));
-  clock.t = kT0 + 79;
+  clock.set(kT0 + 79);
   m->tick();
   BOOST_REQUIRE_EQUAL(m->current()->published.size(), 2U);
   auto view = kr::openKeyring(dir.path().string(), jw::Alg::ES256);
@@ -901,7 +881,7 @@ BOOST_AUTO_TEST_CASE(revoke_destroys_the_private_key_and_the_manager_drops_the_k
   FakeClock clock;
   const kr::Policy p = smallPolicy();
   const auto m = openManager(options(dir, clock, p));
-  clock.t = kT0 + 79;
+  clock.set(kT0 + 79);
   m->tick();
   const auto staged = m->current();
   BOOST_REQUIRE_EQUAL(staged->published.size(), 2U);
@@ -916,7 +896,7 @@ BOOST_AUTO_TEST_CASE(revoke_destroys_the_private_key_and_the_manager_drops_the_k
   auto out = admin->revoke(pending, false);
   BOOST_REQUIRE_MESSAGE(out.has_value(), out.error());
   BOOST_TEST(!fs::exists(dir.keys() / (pending + ".pem")));
-  clock.t = kT0 + 80;
+  clock.set(kT0 + 80);
   const auto tick = m->tick();
   BOOST_REQUIRE(tick.published);
   BOOST_TEST(!publishedKids(*tick.published).contains(pending));
@@ -934,7 +914,7 @@ BOOST_AUTO_TEST_CASE(forced_revoke_of_the_active_key_is_followed_by_a_new_active
   auto out = admin->revoke(old, true);
   BOOST_REQUIRE_MESSAGE(out.has_value(), out.error());
   BOOST_TEST(out->needs_broker);
-  clock.t = kT0 + 1;
+  clock.set(kT0 + 1);
   const auto tick = m->tick();
   BOOST_REQUIRE(tick.published);
   BOOST_TEST(tick.published->active->kid() != old);
@@ -948,7 +928,7 @@ BOOST_AUTO_TEST_CASE(a_held_lock_makes_the_manager_skip_its_tick_and_a_command_w
   const int fd = ::open((dir.keys() / ".lock").c_str(), O_RDWR | O_CLOEXEC);
   BOOST_REQUIRE(fd >= 0);
   BOOST_REQUIRE(::flock(fd, LOCK_EX) == 0);
-  clock.t = kT0 + 79;  // a successor is due, but the keyring is locked
+  clock.set(kT0 + 79);  // a successor is due, but the keyring is locked
   auto tick = m->tick();
   BOOST_TEST(!tick.published);
   BOOST_TEST(!tick.error.has_value());
@@ -1032,7 +1012,7 @@ BOOST_AUTO_TEST_CASE(manager_and_commands_at_the_same_time_never_corrupt_the_key
   int rotations = 0;
   std::string lastActive = first;
   for (std::int64_t t = kT0 + 1; t <= kT0 + 400; ++t) {
-    clock.t = t;
+    clock.set(t);
     const auto tick = m->tick();
     BOOST_TEST_REQUIRE(!tick.error.has_value(), tick.error.value_or(""));
     const auto set = m->current();

@@ -25,6 +25,8 @@
 #include <string_view>
 #include <vector>
 
+#include "test_support.hpp"
+
 // Boost.Test printers for failure messages (internal linkage, found by ADL).
 namespace smartbroker::jwks {
 [[maybe_unused]] static std::ostream& boost_test_print_type(std::ostream& os, Alg alg) { return os << algName(alg); }
@@ -74,27 +76,7 @@ const kr::SigningKey& keyFor(jw::Alg alg) {
   throw std::logic_error("unknown alg");
 }
 
-/// A fresh directory under the system temp dir, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (fs::temp_directory_path() / "sb-keyring-XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed");
-    }
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test_support::TempDir;
 
 unsigned modeOf(const fs::path& p) {
   struct stat st {};

@@ -33,23 +33,17 @@
 #include "smartbroker/broker/clock.hpp"
 #include "smartbroker/broker/store.hpp"
 
+#include "test_support.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 namespace sb = smartbroker::broker;
 using Poco::Data::Keywords::now;
 
-constexpr std::int64_t kNow = 1'700'000'000;
+constexpr std::int64_t kNow = test_support::kFixedNow;
 
-/// The store's writer thread reads the clock, so `now` is atomic.
-class TestClock final : public sb::Clock {
- public:
-  std::int64_t now() const override { return now_.load(); }
-  void set(std::int64_t t) { now_.store(t); }
-
- private:
-  std::atomic<std::int64_t> now_{kNow};
-};
+using TestClock = test_support::FakeClock<sb::Clock>;  ///< starts at kNow
 
 std::string randomSuffix() {
   std::random_device rd;
@@ -62,26 +56,7 @@ std::string randomSuffix() {
   return s;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (fs::temp_directory_path() / "sb-contract-XXXXXX").string();
-    if (::mkdtemp(templ.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed");
-    }
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test_support::TempDir;
 
 /// A fresh database on the server named by `admin` (a connection string), dropped afterwards.
 class TestDatabase {
