@@ -1,6 +1,7 @@
 // Opens the configured state store and implements `smart-broker migrate`.
 #include "admin_migrate.hpp"
 
+#include <chrono>
 #include <iostream>
 #include <stdexcept>
 
@@ -12,6 +13,8 @@ PostgresOptions postgresOptions(const config::Server& server) {
   PostgresOptions options;
   options.connection = server.postgresql.connection;
   options.pool_size = server.postgresql.pool_size;
+  options.statement_timeout_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(server.postgresql.statement_timeout).count();
   return options;
 }
 

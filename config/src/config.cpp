@@ -24,6 +24,8 @@
 //                                        # required, non-empty libpq key=value connection string (a password is
 //                                        # better kept in ~/.pgpass or PGPASSFILE than here)
 //       pool_size: 8                     # 2..256 connections per instance; default 8
+//       statement_timeout: 5             # seconds, 1..300: a statement still running then (e.g. waiting on a lock
+//                                        # another session holds) is cancelled and the request fails closed (503)
 //     signing_algorithm: ES256           # deprecated: use keyring.algorithm (ES256 | RS256 here); when both are
 //                                        # set they must agree
 //     threads: 0                         # 0..1024 (0 = 2 x cores, at least 4); default 0
@@ -815,7 +817,7 @@ class Loader {
       }
       return;
     }
-    const auto pg = fieldsOf(*v, {"connection", "pool_size"});
+    const auto pg = fieldsOf(*v, {"connection", "pool_size", "statement_timeout"});
     if (!pg) {
       return;
     }
@@ -827,6 +829,12 @@ class Loader {
     if (const auto n = pg->get("pool_size")) {
       if (const auto size = integerIn(*n, 2, 256, false)) {
         server.postgresql.pool_size = static_cast<unsigned>(*size);
+      }
+    }
+    if (const auto t = pg->get("statement_timeout")) {
+      // Why no 0: PostgreSQL reads 0 as "no limit", and a statement without a limit can hang a request forever.
+      if (const auto seconds = integerIn(*t, 1, 300, true)) {
+        server.postgresql.statement_timeout = Seconds{*seconds};
       }
     }
   }

@@ -3,14 +3,22 @@
 // Needs SMARTBROKER_TEST_PG (scripts/test starts a private cluster and sets it); without it each case passes after
 // printing why it did not run. Each case creates its own database. Both instances share one public_base_url (as
 // behind a load balancer) and one keyring directory (the keyring is still file-based: README "Running several
-// instances"). The outage case starts a cluster of its own so that stopping it disturbs no other case.
+// instances"). The outage case starts a cluster of its own so that stopping it disturbs no other case. The consent
+// case uses tests/e2e/fhir_server.mjs as the consent platform's notification receiver.
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/test/unit_test.hpp>
 
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/HTTPClientSession.h>
+#include <Poco/Net/HTTPRequest.h>
+#include <Poco/Net/HTTPResponse.h>
 #include <Poco/Net/ServerSocket.h>
+#include <Poco/StreamCopier.h>
 
 #include <array>
 #include <atomic>
@@ -20,6 +28,7 @@
 #include <filesystem>
 #include <iostream>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -87,15 +96,19 @@ class Database {
   std::string name_;
 };
 
-/// Two brokers on two ports: one database, one public base URL, one keyring directory.
+/// Two brokers on two ports: one database, one public base URL, one keyring directory. `topLevel` is YAML placed
+/// after the server section (e.g. `consent:`); `systems` replaces the standard test systems when not empty.
 struct Pair {
   std::unique_ptr<Database> db;
   std::string dirA;
   std::string dirB;
+  std::string topLevel;
+  std::string systems;
   std::unique_ptr<Broker> a;
   std::unique_ptr<Broker> b;
 
-  explicit Pair(const std::string& adminConnection) {
+  explicit Pair(const std::string& adminConnection, std::string topLevelYaml = {}, std::string systemsYaml = {})
+      : topLevel(std::move(topLevelYaml)), systems(std::move(systemsYaml)) {
     db = std::make_unique<Database>(adminConnection);
     dirA = makeTempDir();
     dirB = makeTempDir();
@@ -119,7 +132,8 @@ struct Pair {
     Broker::Options o;
     o.state_dir = dir;
     o.server_extra = "  storage: postgresql\n  postgresql:\n    connection: \"" + db->connection() +
-                     "\"\n    pool_size: 4\n";
+                     "\"\n    pool_size: 4\n" + topLevel;
+    o.systems = systems;
     return o;
   }
 };
@@ -155,6 +169,128 @@ double secondsSince(Clock::time_point start) {
 }
 
 const char* adminConnection() { return std::getenv("SMARTBROKER_TEST_PG"); }
+
+/// node tests/e2e/fhir_server.mjs as the consent platform's notification receiver (POST /notifications).
+class Receiver {
+ public:
+  Receiver() {
+    int in[2];
+    int out[2];
+    if (::pipe(in) != 0 || ::pipe(out) != 0) {
+      throw std::runtime_error("pipe failed");
+    }
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      ::close(in[1]);
+      ::close(out[0]);
+      const std::string script = std::string(SMARTBROKER_E2E_DIR) + "/fhir_server.mjs";
+      ::execlp("node", "node", script.c_str(), nullptr);
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    stdin_ = in[1];
+    std::string line;
+    while (line.find('\n') == std::string::npos) {
+      pollfd pfd{out[0], POLLIN, 0};
+      char chunk[256];
+      const ssize_t n = ::poll(&pfd, 1, 20000) > 0 ? ::read(out[0], chunk, sizeof chunk) : -1;
+      if (n <= 0) {
+        ::close(out[0]);
+        throw std::runtime_error("fhir_server.mjs did not start (is node installed?)");
+      }
+      line.append(chunk, static_cast<std::size_t>(n));
+    }
+    ::close(out[0]);
+    Poco::JSON::Parser parser;
+    port_ = static_cast<std::uint16_t>(
+        parser.parse(line.substr(0, line.find('\n'))).extract<Json>()->getValue<int>("port"));
+  }
+  ~Receiver() {
+    ::close(stdin_);  // the script exits when its stdin closes
+    int status = 0;
+    for (int i = 0; i < 300 && ::waitpid(pid_, &status, WNOHANG) != pid_; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (i == 200) {
+        ::kill(pid_, SIGTERM);
+      }
+    }
+  }
+  Receiver(const Receiver&) = delete;
+  Receiver& operator=(const Receiver&) = delete;
+
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/notifications"; }
+  /// {"received": [{"content_type", "body"}…], "attempts": n}: every POST seen, and those accepted.
+  Json notifications() const {
+    Poco::Net::HTTPClientSession session("127.0.0.1", port_);
+    Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, "/_admin/notifications",
+                                   Poco::Net::HTTPMessage::HTTP_1_1);
+    session.sendRequest(request);
+    Poco::Net::HTTPResponse response;
+    std::ostringstream text;
+    Poco::StreamCopier::copyStream(session.receiveResponse(response), text);
+    Poco::JSON::Parser parser;
+    return parser.parse(text.str()).extract<Json>();
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int stdin_ = -1;
+  std::uint16_t port_ = 0;
+};
+
+/// A FHIR R4 Consent (active, permit) naming `grantee` as information recipient by client-id identifier.
+std::string consentResource(const std::string& id, const std::string& grantee) {
+  return R"({"resourceType":"Consent","id":")" + id + R"(","status":"active",)"
+         R"("scope":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/consentscope","code":"patient-privacy"}]},)"
+         R"("category":[{"coding":[{"system":"http://loinc.org","code":"59284-0"}]}],)"
+         R"("patient":{"reference":"Patient/example"},"dateTime":"2025-06-01T10:00:00Z",)"
+         R"("provision":{"type":"permit","actor":[{"role":{"coding":[)"
+         R"({"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"IRCP"}]},)"
+         R"("reference":{"identifier":{"system":"urn:smart-broker:client-id","value":")" +
+         grantee + R"("}}}]}})";
+}
+
+/// exporter needs consent c-pg; consent-platform feeds consents; resource-server introspects.
+const char* const kConsentSystems = R"(
+  - client_id: exporter
+    algorithms: [RS384]
+    scopes: [system/*.rs]
+    jwks_file: @DATA@/keys/rs384-client.jwks.json
+    consent: {required: true, references: [c-pg]}
+  - client_id: consent-platform
+    algorithms: [RS384]
+    scopes: [smart-broker:consent-admin]
+    jwks_file: @DATA@/keys/other-client.jwks.json
+  - client_id: resource-server
+    algorithms: [RS384]
+    scopes: [smart-broker:introspect]
+    jwks_file: @DATA@/keys/other-client.jwks.json
+)";
+
+/// A token request assertion of `clientId` (rs384-client's key; other-client's for the two admin systems).
+std::string tokenAssertionOf(const std::string& clientId) {
+  const bool admin = clientId == "consent-platform" || clientId == "resource-server";
+  const std::string key = admin ? "other-client" : "rs384-client";
+  return jose().sign("RS384", keyFile(key), object({{"alg", "RS384"}, {"kid", key}, {"typ", "JWT"}}),
+                     claims(clientId, kBase + "/token"));
+}
+
+std::string tokenFor(const Broker& broker, const std::string& clientId, const std::string& scope) {
+  const Response r = broker.post("/token", tokenForm(tokenAssertionOf(clientId), scope));
+  BOOST_TEST_REQUIRE(r.status == 200, r.body);
+  return r.json()->getValue<std::string>("access_token");
+}
+
+/// PUT or DELETE /consents/{id} on `broker` as the consent platform (bearer token with consent-admin).
+Response consentCall(const Broker& broker, const std::string& method, const std::string& id,
+                     const std::string& body = {}) {
+  const std::string bearer = tokenFor(broker, "consent-platform", "smart-broker:consent-admin");
+  return broker.request(method, "/consents/" + id, body, body.empty() ? "" : "application/fhir+json",
+                        {{"Authorization", "Bearer " + bearer}});
+}
 
 }  // namespace
 
@@ -287,6 +423,65 @@ BOOST_AUTO_TEST_CASE(keeps_serving_on_one_instance_when_the_other_is_killed_unde
   // B is still healthy and still refuses replays of what A recorded before it died.
   BOOST_TEST(pair.b->get("/healthz").status == 200);
   BOOST_TEST(pair.b->post("/token", forms[0]).status == 401);
+}
+
+BOOST_AUTO_TEST_CASE(a_consent_deleted_on_one_instance_revokes_on_the_other_a_token_it_issued_and_notifies_once) {
+  if (skipWithoutPostgres()) {
+    return;
+  }
+  Receiver receiver;
+  // cache_seconds stays at its default (10 s): B's answer below changes within a second because the revocation
+  // reaches it through the database, not because its consent cache expired.
+  Pair pair(adminConnection(),
+            "consent:\n  allow_http_loopback: true\n  notification_url: " + receiver.url() +
+                "\n  retry: {initial_backoff: 1, max_backoff: 1}\n",
+            kConsentSystems);
+  const Response put = consentCall(*pair.a, "PUT", "c-pg", consentResource("c-pg", "exporter"));
+  BOOST_TEST_REQUIRE(put.status == 201, put.body);
+
+  // B issues under the consent A stored; the link to it is in the shared token_consents table.
+  const std::string token = tokenFor(*pair.b, "exporter", "system/*.rs");
+  const std::string jti =
+      jose().call(object({{"op", "decode"}, {"token", token}}))->getObject("payload")->getValue<std::string>("jti");
+  BOOST_TEST_REQUIRE(active(*pair.b, token));
+
+  const Response deleted = consentCall(*pair.a, "DELETE", "c-pg");
+  BOOST_TEST_REQUIRE(deleted.status == 200, deleted.body);
+  BOOST_TEST(deleted.body == R"({"id":"c-pg","status":"withdrawn","revoked_token_ids":[")" + jti + R"("]})");
+  const auto start = Clock::now();
+  while (active(*pair.b, token) && secondsSince(start) < 3) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double took = secondsSince(start);
+  BOOST_TEST_MESSAGE("consent withdrawal seen on the other instance after " << took << " s");
+  BOOST_TEST(took <= 1.3);  // one mirror poll plus the introspection round trips, as for POST /revoke
+  BOOST_TEST(!active(*pair.a, token));
+  // Issuance on B reads the shared store itself: the consent is gone there at once.
+  BOOST_TEST(pair.b->post("/token", tokenForm(tokenAssertionOf("exporter"))).status == 400);
+
+  // Both instances run a notifier on the shared outbox; the receiver gets the notification exactly once.
+  Poco::JSON::Array::Ptr received;
+  const auto waiting = Clock::now();
+  while (secondsSince(waiting) < 5) {
+    received = receiver.notifications()->getArray("received");
+    if (received->size() > 0) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  BOOST_TEST_REQUIRE(received->size() == 1U);
+  const Json body = received->getObject(0)->getObject("body");
+  BOOST_TEST(body->getValue<std::string>("consent_id") == "c-pg");
+  BOOST_TEST_REQUIRE(body->getArray("revoked_token_ids")->size() == 1U);
+  BOOST_TEST(body->getArray("revoked_token_ids")->getElement<std::string>(0) == jti);
+  // Long enough for each instance's notifier to poll the outbox twice more.
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  const Json finally = receiver.notifications();
+  BOOST_TEST(finally->getArray("received")->size() == 1U);
+  BOOST_TEST(finally->getValue<int>("attempts") == 1);
+  const bool byA = pair.a->log().find("event=consent_notification_delivered") != std::string::npos;
+  const bool byB = pair.b->log().find("event=consent_notification_delivered") != std::string::npos;
+  BOOST_TEST(byA != byB);
 }
 
 BOOST_AUTO_TEST_CASE(answers_503_while_the_database_is_down_and_recovers_without_a_restart) {

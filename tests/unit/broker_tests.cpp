@@ -173,6 +173,27 @@ class FakeStore final : public sb::StateStore {
     changes.cursor = cursor;
     return changes;
   }
+  // Consent is not modelled here (store_contract_tests covers it): every call fails closed.
+  std::expected<std::optional<sb::StoredConsent>, sb::StoreError> findConsent(std::string_view) override {
+    return std::unexpected(sb::StoreError{"not modelled"});
+  }
+  std::expected<std::vector<sb::StoredConsent>, sb::StoreError> consentsForGrantee(std::string_view) override {
+    return std::unexpected(sb::StoreError{"not modelled"});
+  }
+  std::expected<sb::ConsentChangeResult, sb::StoreError> applyConsentChange(const sb::ConsentChange&,
+                                                                           std::int64_t) override {
+    return std::unexpected(sb::StoreError{"not modelled"});
+  }
+  std::expected<std::vector<sb::ConsentNotification>, sb::StoreError> dueNotifications(std::int64_t,
+                                                                                      std::size_t) override {
+    return std::unexpected(sb::StoreError{"not modelled"});
+  }
+  std::expected<void, sb::StoreError> notificationDelivered(std::int64_t, std::int64_t) override {
+    return std::unexpected(sb::StoreError{"not modelled"});
+  }
+  std::expected<void, sb::StoreError> notificationFailed(std::int64_t, std::int64_t, std::string_view) override {
+    return std::unexpected(sb::StoreError{"not modelled"});
+  }
   bool healthy() const override { return !fail_; }
 
   void setFailing(bool fail) { fail_ = fail; }

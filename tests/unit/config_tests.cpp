@@ -895,6 +895,7 @@ BOOST_AUTO_TEST_CASE(defaults_to_sqlite) {
   BOOST_TEST((config.server.storage == smartbroker::config::Server::Storage::Sqlite));
   BOOST_TEST(config.server.postgresql.connection.empty());
   BOOST_TEST(config.server.postgresql.pool_size == 8U);
+  BOOST_TEST(config.server.postgresql.statement_timeout.count() == 5);
 }
 
 BOOST_AUTO_TEST_CASE(loads_postgresql_storage_with_its_connection_and_pool_size) {
@@ -906,6 +907,36 @@ BOOST_AUTO_TEST_CASE(loads_postgresql_storage_with_its_connection_and_pool_size)
   BOOST_TEST((config.server.storage == smartbroker::config::Server::Storage::Postgresql));
   BOOST_TEST(config.server.postgresql.connection == "host=127.0.0.1 port=5433 dbname=broker user=broker");
   BOOST_TEST(config.server.postgresql.pool_size == 4U);
+  BOOST_TEST(config.server.postgresql.statement_timeout.count() == 5);
+}
+
+BOOST_AUTO_TEST_CASE(loads_a_postgresql_statement_timeout_in_seconds) {
+  const Config config = parsed(kMinimalServer + R"(  storage: postgresql
+  postgresql:
+    connection: "host=127.0.0.1"
+    statement_timeout: 30
+)");
+  BOOST_TEST(config.server.postgresql.statement_timeout.count() == 30);
+  BOOST_TEST(parsed(kMinimalServer + "  postgresql: {connection: x, statement_timeout: 1}\n")
+                 .server.postgresql.statement_timeout.count() == 1);
+  BOOST_TEST(parsed(kMinimalServer + "  postgresql: {connection: x, statement_timeout: 300}\n")
+                 .server.postgresql.statement_timeout.count() == 300);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_a_statement_timeout_that_is_zero_too_long_or_not_whole_seconds) {
+  const std::string prefix = kMinimalServer + "  postgresql: {connection: x, statement_timeout: ";
+  // 0 would mean "no limit" to PostgreSQL: the hang this setting exists to prevent.
+  BOOST_TEST(problemsOf(prefix + "0}\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.postgresql.statement_timeout: must be between 1 and 300"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(prefix + "301}\n") ==
+                 (std::vector<std::string>{"t.yaml:5: server.postgresql.statement_timeout: must be between 1 and 300"}),
+             boost::test_tools::per_element());
+  for (const char* bad : {"5s", "1.5", "\"5\"", "-1", "true"}) {
+    const auto problems = problemsOf(prefix + bad + "}\n");
+    BOOST_REQUIRE_EQUAL(problems.size(), 1U);
+    BOOST_TEST(problems[0].starts_with("t.yaml:5: server.postgresql.statement_timeout: "), problems[0]);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(refuses_postgresql_storage_without_a_connection_string) {

@@ -1,11 +1,11 @@
 // Tests of the consent module: FHIR R4 Consent mapping, FHIR dateTime, the issuance and introspection decisions,
-// the notification format and retry schedule, and the SQLite consent tables (withdrawal revokes and queues).
+// the notification format and retry schedule. The consent tables of both store backends are covered by
+// store_contract_tests.
 #define BOOST_TEST_MODULE consent
 #include <boost/test/unit_test.hpp>
 
 #include <Poco/JSON/Parser.h>
 
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -262,112 +262,6 @@ BOOST_AUTO_TEST_CASE(retries_back_off_exponentially_up_to_the_ceiling) {
   BOOST_TEST(sb::retryDelay(5, 1, 300) == 16);
   BOOST_TEST(sb::retryDelay(30, 1, 300) == 300);
   BOOST_TEST(sb::retryDelay(1000, 2, 60) == 60);
-}
-
-BOOST_AUTO_TEST_SUITE_END()
-
-namespace {
-
-class FixedClock final : public sb::Clock {
- public:
-  std::int64_t now() const override { return kNow; }
-};
-
-struct StoreFixture {
-  StoreFixture() {
-    char tmpl[] = "/tmp/smart-broker-consent-XXXXXX";
-    dir = ::mkdtemp(tmpl);
-    store = sb::openSqliteStore(sb::SqliteOptions{dir + "/state.db", false, 60}, clock);
-  }
-  ~StoreFixture() {
-    store.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
-  void issue(const std::string& jti, const std::string& client, std::vector<std::string> consents) {
-    const sb::IssuedToken t{jti, client, "system/*.rs", kNow, kNow + 300, "kid", std::move(consents)};
-    BOOST_TEST_REQUIRE(store->recordJti(client, "assertion-" + jti, kNow + 300, &t).has_value());
-  }
-  FixedClock clock;
-  std::string dir;
-  std::unique_ptr<sb::StateStore> store;
-};
-
-}  // namespace
-
-BOOST_FIXTURE_TEST_SUITE(sqlite_consent_store, StoreFixture)
-
-BOOST_AUTO_TEST_CASE(stores_a_consent_with_its_grantees_and_finds_it_by_grantee) {
-  sb::ConsentChange put;
-  put.consent_id = "c1";
-  put.action = sb::ConsentChange::Record::Upsert;
-  put.record = sb::StoredConsent{"c1", "active", "{}", {"a", "b"}, kNow};
-  BOOST_TEST_REQUIRE(store->applyConsentChange(put, kNow).has_value());
-  const auto found = store->findConsent("c1");
-  BOOST_TEST_REQUIRE(found.has_value());
-  BOOST_TEST_REQUIRE(found->has_value());
-  BOOST_TEST((*found)->grantees == (std::vector<std::string>{"a", "b"}), boost::test_tools::per_element());
-  BOOST_TEST(store->consentsForGrantee("b")->size() == 1U);
-  BOOST_TEST(store->consentsForGrantee("c")->empty());
-  BOOST_TEST(!store->findConsent("c2")->has_value());
-}
-
-BOOST_AUTO_TEST_CASE(withdrawal_revokes_linked_tokens_once_and_queues_one_notification) {
-  issue("t1", "a", {"c1"});
-  issue("t2", "b", {"c1", "c2"});
-  issue("t3", "a", {"c2"});
-  sb::ConsentChange withdraw;
-  withdraw.consent_id = "c1";
-  withdraw.action = sb::ConsentChange::Record::Delete;
-  withdraw.revoke_all = true;
-  withdraw.notify = true;
-  const auto first = store->applyConsentChange(withdraw, kNow);
-  BOOST_TEST_REQUIRE(first.has_value());
-  BOOST_TEST(first->revoked.size() == 2U);
-  BOOST_TEST(first->notification_id > 0);
-  const auto again = store->applyConsentChange(withdraw, kNow);
-  BOOST_TEST(again->revoked.empty());
-  BOOST_TEST(again->notification_id == 0);  // nothing new revoked, not notify_always
-
-  const auto changes = store->changesSince(0, kNow);
-  BOOST_TEST(changes->revocations.size() == 2U);
-  const auto due = store->dueNotifications(kNow, 10);
-  BOOST_TEST_REQUIRE(due->size() == 1U);
-  BOOST_TEST(due->front().consent_id == "c1");
-  BOOST_TEST(due->front().revoked_token_ids == (std::vector<std::string>{"t1", "t2"}), boost::test_tools::per_element());
-
-  BOOST_TEST_REQUIRE(store->notificationFailed(due->front().id, kNow + 5, "HTTP 503").has_value());
-  BOOST_TEST(store->dueNotifications(kNow, 10)->empty());
-  const auto later = store->dueNotifications(kNow + 5, 10);
-  BOOST_TEST_REQUIRE(later->size() == 1U);
-  BOOST_TEST(later->front().attempts == 1);
-  BOOST_TEST_REQUIRE(store->notificationDelivered(later->front().id, kNow + 5).has_value());
-  BOOST_TEST(store->dueNotifications(kNow + 3600, 10)->empty());
-}
-
-BOOST_AUTO_TEST_CASE(an_update_that_drops_a_grantee_revokes_only_that_systems_tokens) {
-  issue("t1", "a", {"c1"});
-  issue("t2", "b", {"c1"});
-  sb::ConsentChange update;
-  update.consent_id = "c1";
-  update.action = sb::ConsentChange::Record::Upsert;
-  update.record = sb::StoredConsent{"c1", "active", "{}", {"a"}, kNow};
-  update.keep_clients = {"a"};
-  const auto done = store->applyConsentChange(update, kNow);
-  BOOST_TEST_REQUIRE(done.has_value());
-  BOOST_TEST_REQUIRE(done->revoked.size() == 1U);
-  BOOST_TEST(done->revoked.front().jti == "t2");
-}
-
-BOOST_AUTO_TEST_CASE(notify_always_queues_a_notification_even_without_live_tokens) {
-  sb::ConsentChange withdraw;
-  withdraw.consent_id = "c9";
-  withdraw.revoke_all = true;
-  withdraw.notify = true;
-  withdraw.notify_always = true;
-  const auto done = store->applyConsentChange(withdraw, kNow);
-  BOOST_TEST(done->notification_id > 0);
-  BOOST_TEST(store->dueNotifications(kNow, 10)->front().revoked_token_ids.empty());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

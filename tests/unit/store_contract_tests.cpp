@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -359,6 +360,205 @@ STORE_CONTRACT_CASE(keeps_every_decision_across_a_reopen) {
   BOOST_TEST(tokens->size() == 1U);
 }
 
+// Consent (README "Consent"): records, grantees, token links, withdrawals and the outbox.
+namespace {
+
+/// A token of `client` linked to `consents`, recorded with the first use of assertion "assertion-<jti>".
+void issue(sb::StateStore& store, const std::string& jti, const std::string& client,
+           std::vector<std::string> consents, std::int64_t exp = kNow + 300) {
+  sb::IssuedToken t = token(jti, client, kNow, exp);
+  t.consent_ids = std::move(consents);
+  BOOST_TEST_REQUIRE((record(store, client, "assertion-" + jti, kNow + 300, &t) == sb::JtiOutcome::Recorded));
+}
+
+sb::ConsentChange upsert(const std::string& id, std::vector<std::string> grantees, const std::string& status = "active") {
+  sb::ConsentChange change;
+  change.consent_id = id;
+  change.action = sb::ConsentChange::Record::Upsert;
+  change.record = sb::StoredConsent{id, status, R"({"resourceType":"Consent","id":")" + id + R"("})", grantees, kNow};
+  change.keep_clients = std::move(grantees);
+  return change;
+}
+
+sb::ConsentChange withdrawal(const std::string& id, sb::ConsentChange::Record action = sb::ConsentChange::Record::Delete) {
+  sb::ConsentChange change;
+  change.consent_id = id;
+  change.action = action;
+  change.revoke_all = true;
+  change.notify = true;
+  return change;
+}
+
+sb::ConsentChangeResult apply(sb::StateStore& store, const sb::ConsentChange& change) {
+  auto result = store.applyConsentChange(change, kNow);
+  BOOST_TEST_REQUIRE(result.has_value(), (result ? "" : result.error().detail));
+  return *result;
+}
+
+std::vector<std::string> jtisOf(const std::vector<sb::Revocation>& revocations) {
+  std::vector<std::string> out;
+  for (const sb::Revocation& r : revocations) {
+    out.push_back(r.jti);
+  }
+  std::ranges::sort(out);
+  return out;
+}
+
+std::vector<sb::ConsentNotification> due(sb::StateStore& store, std::int64_t at) {
+  auto found = store.dueNotifications(at, 10);
+  BOOST_TEST_REQUIRE(found.has_value(), (found ? "" : found.error().detail));
+  return *found;
+}
+
+}  // namespace
+
+STORE_CONTRACT_CASE(stores_a_consent_with_its_grantees_and_finds_it_by_grantee) {
+  auto store = backend.open();
+  const auto none = store->findConsent("c1");
+  BOOST_TEST_REQUIRE(none.has_value());
+  BOOST_TEST(!none->has_value());
+  apply(*store, upsert("c1", {"b", "a"}));
+  apply(*store, upsert("c2", {"b"}, "proposed"));
+  const auto found = store->findConsent("c1");
+  BOOST_TEST_REQUIRE(found.has_value());
+  BOOST_TEST_REQUIRE(found->has_value());
+  BOOST_TEST((*found)->id == "c1");
+  BOOST_TEST((*found)->status == "active");
+  BOOST_TEST((*found)->resource == R"({"resourceType":"Consent","id":"c1"})");
+  BOOST_TEST((*found)->updated_at == kNow);
+  BOOST_TEST((*found)->grantees == (std::vector<std::string>{"a", "b"}), boost::test_tools::per_element());
+  const auto forB = store->consentsForGrantee("b");
+  BOOST_TEST_REQUIRE(forB.has_value());
+  BOOST_TEST_REQUIRE(forB->size() == 2U);
+  BOOST_TEST((*forB)[0].id == "c1");
+  BOOST_TEST((*forB)[0].grantees == (std::vector<std::string>{"a", "b"}), boost::test_tools::per_element());
+  BOOST_TEST((*forB)[1].id == "c2");
+  BOOST_TEST((*forB)[1].status == "proposed");
+  BOOST_TEST(store->consentsForGrantee("c")->empty());
+  BOOST_TEST(!store->findConsent("c3")->has_value());
+
+  // An update replaces the grantees; a delete removes the record and its grantees.
+  apply(*store, upsert("c1", {"c"}));
+  BOOST_TEST((*store->findConsent("c1"))->grantees == std::vector<std::string>{"c"}, boost::test_tools::per_element());
+  BOOST_TEST(store->consentsForGrantee("a")->empty());
+  BOOST_TEST(store->consentsForGrantee("c")->size() == 1U);
+  sb::ConsentChange remove = withdrawal("c1");
+  remove.notify = false;
+  const sb::ConsentChangeResult removed = apply(*store, remove);
+  BOOST_TEST(removed.notification_id == 0);
+  BOOST_TEST(!store->findConsent("c1")->has_value());
+  BOOST_TEST(store->consentsForGrantee("c")->empty());
+  BOOST_TEST(store->consentsForGrantee("b")->size() == 1U);
+}
+
+STORE_CONTRACT_CASE(withdrawal_revokes_linked_tokens_once_and_queues_one_notification) {
+  auto store = backend.open();
+  issue(*store, "t1", "a", {"c1"});
+  issue(*store, "t2", "b", {"c1", "c2"});
+  issue(*store, "t3", "a", {"c2"});
+  const sb::ConsentChangeResult first = apply(*store, withdrawal("c1"));
+  BOOST_TEST(jtisOf(first.revoked) == (std::vector<std::string>{"t1", "t2"}), boost::test_tools::per_element());
+  BOOST_TEST(first.notification_id > 0);
+  const sb::ConsentChangeResult again = apply(*store, withdrawal("c1"));
+  BOOST_TEST(again.revoked.empty());
+  BOOST_TEST(again.notification_id == 0);  // nothing new revoked, not notify_always
+
+  // The revocations go through the revocations table: mirrors following by cursor see them.
+  const auto changes = store->changesSince(0, kNow);
+  BOOST_TEST_REQUIRE(changes.has_value());
+  BOOST_TEST(jtisOf(changes->revocations) == (std::vector<std::string>{"t1", "t2"}), boost::test_tools::per_element());
+  BOOST_TEST(changes->revocations[0].exp == kNow + 300);
+  const auto queued = due(*store, kNow);
+  BOOST_TEST_REQUIRE(queued.size() == 1U);
+  BOOST_TEST(queued.front().id == first.notification_id);
+  BOOST_TEST(queued.front().consent_id == "c1");
+  BOOST_TEST(queued.front().time == kNow);
+  BOOST_TEST(queued.front().attempts == 0);
+  BOOST_TEST(queued.front().revoked_token_ids == (std::vector<std::string>{"t1", "t2"}),
+             boost::test_tools::per_element());
+
+  BOOST_TEST_REQUIRE(store->notificationFailed(queued.front().id, kNow + 5, "HTTP 503").has_value());
+  BOOST_TEST(due(*store, kNow).empty());
+  const auto later = due(*store, kNow + 5);
+  BOOST_TEST_REQUIRE(later.size() == 1U);
+  BOOST_TEST(later.front().attempts == 1);
+  BOOST_TEST_REQUIRE(store->notificationDelivered(later.front().id, kNow + 5).has_value());
+  BOOST_TEST(due(*store, kNow + 3600).empty());
+}
+
+STORE_CONTRACT_CASE(an_update_that_drops_a_grantee_revokes_only_that_systems_tokens) {
+  auto store = backend.open();
+  issue(*store, "t1", "a", {"c1"});
+  issue(*store, "t2", "b", {"c1"});
+  sb::ConsentChange update = upsert("c1", {"a"});
+  update.notify = true;
+  const sb::ConsentChangeResult done = apply(*store, update);
+  BOOST_TEST_REQUIRE(done.revoked.size() == 1U);
+  BOOST_TEST(done.revoked.front().jti == "t2");
+  BOOST_TEST(done.revoked.front().client_id == "b");
+  BOOST_TEST(done.notification_id > 0);  // it revoked a token
+  BOOST_TEST(due(*store, kNow).front().revoked_token_ids == std::vector<std::string>{"t2"},
+             boost::test_tools::per_element());
+}
+
+STORE_CONTRACT_CASE(notify_always_queues_a_notification_even_without_live_tokens) {
+  auto store = backend.open();
+  sb::ConsentChange change = withdrawal("c9", sb::ConsentChange::Record::Keep);
+  change.notify_always = true;
+  const sb::ConsentChangeResult done = apply(*store, change);
+  BOOST_TEST(done.revoked.empty());
+  BOOST_TEST(done.notification_id > 0);
+  const auto queued = due(*store, kNow);
+  BOOST_TEST_REQUIRE(queued.size() == 1U);
+  BOOST_TEST(queued.front().consent_id == "c9");
+  BOOST_TEST(queued.front().revoked_token_ids.empty());
+  // Without notify nothing is queued, whatever notify_always says.
+  change.notify = false;
+  BOOST_TEST(apply(*store, change).notification_id == 0);
+}
+
+STORE_CONTRACT_CASE(a_withdrawal_skips_expired_and_already_revoked_tokens) {
+  auto store = backend.open();
+  issue(*store, "live", "a", {"c1"});
+  issue(*store, "expired", "a", {"c1"}, kNow);  // exp == now: already expired
+  issue(*store, "revoked", "a", {"c1"});
+  BOOST_REQUIRE(store->revokeToken("revoked", "a", kNow + 300).has_value());
+  const sb::ConsentChangeResult done = apply(*store, withdrawal("c1"));
+  BOOST_TEST(jtisOf(done.revoked) == std::vector<std::string>{"live"}, boost::test_tools::per_element());
+}
+
+STORE_CONTRACT_CASE(links_a_token_to_its_consents_only_with_the_first_use_of_its_assertion) {
+  auto store = backend.open();
+  sb::IssuedToken first = token("t1", "a", kNow, kNow + 300);
+  first.consent_ids = {"c1"};
+  sb::IssuedToken replayed = token("t2", "a", kNow, kNow + 300);
+  replayed.consent_ids = {"c1"};
+  BOOST_TEST((record(*store, "a", "one-assertion", kNow + 300, &first) == sb::JtiOutcome::Recorded));
+  BOOST_TEST((record(*store, "a", "one-assertion", kNow + 300, &replayed) == sb::JtiOutcome::Replayed));
+  const sb::ConsentChangeResult done = apply(*store, withdrawal("c1"));
+  BOOST_TEST(jtisOf(done.revoked) == std::vector<std::string>{"t1"}, boost::test_tools::per_element());
+}
+
+STORE_CONTRACT_CASE(keeps_consents_links_and_the_outbox_across_a_reopen) {
+  std::int64_t notification = 0;
+  {
+    auto store = backend.open();
+    apply(*store, upsert("c1", {"a"}));
+    issue(*store, "t1", "a", {"c1"});
+    issue(*store, "t2", "a", {"c2"});
+    notification = apply(*store, withdrawal("c1")).notification_id;
+  }
+  auto store = backend.open();
+  BOOST_TEST(!store->findConsent("c1")->has_value());
+  const auto queued = due(*store, kNow);
+  BOOST_TEST_REQUIRE(queued.size() == 1U);
+  BOOST_TEST(queued.front().id == notification);
+  BOOST_TEST(queued.front().revoked_token_ids == std::vector<std::string>{"t1"}, boost::test_tools::per_element());
+  // The link of t2, written before the reopen, is still found.
+  BOOST_TEST(jtisOf(apply(*store, withdrawal("c2")).revoked) == std::vector<std::string>{"t2"},
+             boost::test_tools::per_element());
+}
+
 // What only a database shared by several instances can show.
 BOOST_AUTO_TEST_SUITE(store_contract_postgresql)
 
@@ -418,6 +618,218 @@ BOOST_FIXTURE_TEST_CASE(migrates_once_when_instances_start_together, PostgresBac
   sb::PostgresOptions options;
   options.connection = db->connection();
   BOOST_TEST(sb::migratePostgres(options) == rows);
+}
+
+BOOST_FIXTURE_TEST_CASE(two_instances_withdrawing_one_consent_at_once_revoke_and_notify_each_token_once,
+                        PostgresBackend) {
+  if (skip()) {
+    return;
+  }
+  auto a = open();
+  auto b = open();
+  for (int round = 0; round < 5; ++round) {
+    const std::string consent = "c-" + std::to_string(round);
+    for (int i = 0; i < 20; ++i) {
+      issue(i % 2 == 0 ? *a : *b, consent + "-t" + std::to_string(i), "app", {consent});
+    }
+    constexpr int kThreads = 8;
+    std::latch start(kThreads);
+    std::atomic<int> failed{0};
+    std::atomic<int> notifications{0};
+    std::vector<std::vector<sb::Revocation>> revoked(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        const sb::ConsentChange change = withdrawal(consent);
+        start.arrive_and_wait();
+        auto done = (t % 2 == 0 ? a : b)->applyConsentChange(change, kNow);
+        if (!done) {
+          ++failed;
+          return;
+        }
+        revoked[static_cast<std::size_t>(t)] = done->revoked;
+        notifications += done->notification_id != 0 ? 1 : 0;
+      });
+    }
+    for (auto& t : threads) {
+      t.join();
+    }
+    BOOST_TEST(failed.load() == 0);
+    std::vector<sb::Revocation> all;
+    for (const auto& r : revoked) {
+      all.insert(all.end(), r.begin(), r.end());
+    }
+    BOOST_TEST(all.size() == 20U);  // each token reported by exactly one of the eight changes
+    BOOST_TEST(notifications.load() == 1);
+  }
+  const auto queued = due(*a, kNow);
+  BOOST_TEST(queued.size() == 5U);
+  for (const sb::ConsentNotification& n : queued) {
+    BOOST_TEST(n.revoked_token_ids.size() == 20U);
+  }
+}
+
+BOOST_FIXTURE_TEST_CASE(a_mirror_never_sees_a_revocation_before_an_earlier_one_has_committed, PostgresBackend) {
+  if (skip()) {
+    return;
+  }
+  auto a = open();
+  auto b = open();
+  issue(*a, "t1", "app", {"c1"});
+  Poco::Data::Session observer("PostgreSQL", db->connection());
+  const auto waitForLockWaiters = [&](int count) {
+    int waiting = 0;
+    for (int i = 0; i < 300 && waiting < count; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      observer << "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                  " AND wait_event_type = 'Lock'",
+          Poco::Data::Keywords::into(waiting), now;
+    }
+    return waiting;
+  };
+  // A's withdrawal takes revocation id 1 for t1, then stalls before its commit (its outbox insert waits on a
+  // lock held here). B's POST /revoke of t2, which would take id 2, must wait for it: were it to commit first, a
+  // mirror would read id 2, move its cursor past 1, and never see t1.
+  Poco::Data::Session blocker("PostgreSQL", db->connection());
+  blocker.begin();
+  blocker << "LOCK TABLE consent_outbox IN EXCLUSIVE MODE", now;
+  std::expected<sb::ConsentChangeResult, sb::StoreError> withdrawn;
+  std::thread first([&] { withdrawn = a->applyConsentChange(withdrawal("c1"), kNow); });
+  BOOST_TEST(waitForLockWaiters(1) == 1);
+  std::expected<void, sb::StoreError> revoked;
+  std::thread second([&] { revoked = b->revokeToken("t2", "app", kNow + 300); });
+  BOOST_TEST(waitForLockWaiters(2) == 2);  // B waits too (on the revocation lock)
+  const auto during = b->changesSince(0, kNow);
+  BOOST_REQUIRE(during.has_value());
+  BOOST_TEST(during->revocations.empty());
+  blocker.rollback();
+  first.join();
+  second.join();
+  BOOST_REQUIRE(withdrawn.has_value());
+  BOOST_REQUIRE(revoked.has_value());
+  const auto after = b->changesSince(during->cursor, kNow);
+  BOOST_REQUIRE(after.has_value());
+  BOOST_TEST(jtisOf(after->revocations) == (std::vector<std::string>{"t1", "t2"}), boost::test_tools::per_element());
+}
+
+BOOST_FIXTURE_TEST_CASE(hands_a_due_notification_to_one_instance_at_a_time, PostgresBackend) {
+  if (skip()) {
+    return;
+  }
+  auto a = open();
+  auto b = open();
+  issue(*a, "t1", "app", {"c1"});
+  const std::int64_t id = apply(*a, withdrawal("c1")).notification_id;
+  // Both poll at once, repeatedly: the notification goes to one of them.
+  std::atomic<int> handedOut{0};
+  std::latch start(8);
+  std::vector<std::thread> pollers;
+  for (int i = 0; i < 8; ++i) {
+    pollers.emplace_back([&, i] {
+      start.arrive_and_wait();
+      if (auto found = (i % 2 == 0 ? a : b)->dueNotifications(kNow, 10)) {
+        handedOut += static_cast<int>(found->size());
+      }
+    });
+  }
+  for (auto& t : pollers) {
+    t.join();
+  }
+  BOOST_TEST(handedOut.load() == 1);
+  BOOST_TEST(due(*b, kNow + 60).empty());
+  // An instance that took it and died: once its lease has run out, another instance gets it (at least once).
+  const auto again = due(*b, kNow + 120);
+  BOOST_TEST_REQUIRE(again.size() == 1U);
+  BOOST_TEST(again.front().id == id);
+  BOOST_TEST(again.front().attempts == 0);
+  // A failure reschedules it at the time the notifier asks for, lease or not.
+  // An error text that is not storable as it is (not UTF-8, a NUL) is still recorded.
+  std::string error = "HTTP 503 ";
+  error += '\xff';
+  error += '\0';
+  BOOST_REQUIRE(b->notificationFailed(id, kNow + 121, error).has_value());
+  BOOST_TEST(due(*a, kNow + 121).size() == 1U);
+  BOOST_REQUIRE(a->notificationDelivered(id, kNow + 121).has_value());
+  BOOST_TEST(due(*b, kNow + 3600).empty());
+}
+
+BOOST_FIXTURE_TEST_CASE(fails_within_the_statement_timeout_behind_another_sessions_lock_and_keeps_answering,
+                        PostgresBackend) {
+  if (skip()) {
+    return;
+  }
+  sb::PostgresOptions options;
+  // A statement_timeout of 0 (no limit) given in the connection string must not win over the store's.
+  options.connection = db->connection() + " options=-cstatement_timeout=0";
+  options.pool_size = 3;
+  options.statement_timeout_ms = 1000;
+  auto store = sb::openPostgresStore(options, clock);
+  BOOST_TEST((record(*store, "app", "before", kNow + 300) == sb::JtiOutcome::Recorded));
+  apply(*store, upsert("c1", {"a"}));
+
+  using Steady = std::chrono::steady_clock;
+  const auto expectTimeout = [&](const char* what, auto&& call) {
+    const auto start = Steady::now();
+    const auto result = call();
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start).count();
+    BOOST_TEST_MESSAGE(what << " failed after " << ms << " ms");
+    BOOST_TEST_REQUIRE(!result.has_value(), what);
+    BOOST_TEST(result.error().detail.find("statement timeout") != std::string::npos, result.error().detail);
+    BOOST_TEST(ms >= 950, what);   // it did wait for the lock
+    BOOST_TEST(ms < 1800, what);   // once: a timed-out statement is not retried (that would take 2000 ms)
+    BOOST_TEST(!store->healthy());
+  };
+  {
+    // Another session (an operator's psql, a migration) holds locks and does not let go.
+    Poco::Data::Session blocker("PostgreSQL", db->connection());
+    blocker.begin();
+    blocker << "LOCK TABLE replay, consents IN ACCESS EXCLUSIVE MODE", now;
+    blocker << "SELECT pg_advisory_xact_lock(8314333642183633765)", now;  // kRevocationLock ("sbrevoke")
+    expectTimeout("recordJti (writer)", [&] { return store->recordJti("app", "during", kNow + 300); });
+    expectTimeout("findConsent (reader)", [&] { return store->findConsent("c1"); });
+    expectTimeout("revokeToken (revocation lock)", [&] { return store->revokeToken("at-1", "app", kNow + 300); });
+    expectTimeout("applyConsentChange (revocation lock)", [&] { return store->applyConsentChange(withdrawal("c1"), kNow); });
+    blocker.rollback();
+  }
+  // The same store answers again at once, and the timed-out writes left nothing behind.
+  BOOST_TEST((record(*store, "app", "during", kNow + 300) == sb::JtiOutcome::Recorded));
+  BOOST_TEST(store->healthy());
+  BOOST_TEST(store->findConsent("c1")->has_value());
+  BOOST_TEST(store->changesSince(0, kNow)->revocations.empty());
+  BOOST_TEST((record(*store, "app", "before", kNow + 300) == sb::JtiOutcome::Replayed));
+}
+
+BOOST_FIXTURE_TEST_CASE(refuses_consent_text_postgresql_cannot_store_without_failing_other_writes, PostgresBackend) {
+  if (skip()) {
+    return;
+  }
+  auto store = open();
+  for (const std::string& bad : {std::string("{\"x\":\"\xff\"}"), std::string("{\"x\":\"\xc0\xaf\"}"),
+                                std::string("{\"x\":\"\xed\xa0\x80\"}"), std::string("{}\0", 3)}) {
+    sb::ConsentChange change = upsert("c1", {"a"});
+    change.record.resource = bad;
+    const auto refused = store->applyConsentChange(change, kNow);
+    BOOST_TEST(!refused.has_value());
+  }
+  sb::ConsentChange badGrantee = upsert("c1", {std::string("a\xff")});
+  BOOST_TEST(!store->applyConsentChange(badGrantee, kNow).has_value());
+  BOOST_TEST(store->healthy());
+  BOOST_TEST(!store->findConsent("c1")->has_value());
+  // Valid UTF-8 beyond ASCII is stored as it is.
+  sb::ConsentChange good = upsert("c1", {"a"});
+  good.record.resource = "{\"display\":\"J\xc3\xbcrgen \xe2\x9c\x93 \xf0\x9f\x98\x80\"}";
+  apply(*store, good);
+  BOOST_TEST((*store->findConsent("c1"))->resource == good.record.resource);
+  BOOST_TEST((record(*store, "app", "after", kNow + 300) == sb::JtiOutcome::Recorded));
+}
+
+BOOST_AUTO_TEST_CASE(refuses_a_statement_timeout_that_is_not_positive) {
+  TestClock clock;
+  sb::PostgresOptions options;
+  options.connection = "host=127.0.0.1 port=1";
+  options.statement_timeout_ms = 0;
+  BOOST_CHECK_THROW((void)sb::openPostgresStore(options, clock), std::invalid_argument);
+  BOOST_CHECK_THROW((void)sb::migratePostgres(options), std::invalid_argument);
 }
 
 namespace {

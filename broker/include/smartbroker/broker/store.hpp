@@ -126,48 +126,28 @@ class StateStore {
   virtual std::expected<StateChanges, StoreError> changesSince(std::int64_t cursor, std::int64_t now) = 0;
 
   // Consent (README "Consent"). recordJti also writes one token_consents row per IssuedToken::consent_ids entry.
-  // Every backend must override these; the defaults fail closed (no consent found, nothing written) only so
-  // that a backend under construction still compiles.
 
   /// The locally stored consent `id`, nullopt when there is none.
-  virtual std::expected<std::optional<StoredConsent>, StoreError> findConsent(std::string_view id) {
-    (void)id;
-    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
-  }
+  virtual std::expected<std::optional<StoredConsent>, StoreError> findConsent(std::string_view id) = 0;
   /// Every locally stored consent that names `clientId` as grantee (`rule: grantee`).
-  virtual std::expected<std::vector<StoredConsent>, StoreError> consentsForGrantee(std::string_view clientId) {
-    (void)clientId;
-    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
-  }
+  virtual std::expected<std::vector<StoredConsent>, StoreError> consentsForGrantee(std::string_view clientId) = 0;
   /// Applies `change` at `now` in one transaction: the record, the revocations of linked tokens (revocations
-  /// table, so mirrors follow) and, when asked, the outbox entry listing the tokens revoked.
+  /// table, so mirrors follow) and, when asked, the outbox entry listing the tokens revoked. Changes applied
+  /// concurrently (threads or instances) behave as if applied one after the other: a token is reported revoked,
+  /// and listed in a notification, by exactly one of them.
   virtual std::expected<ConsentChangeResult, StoreError> applyConsentChange(const ConsentChange& change,
-                                                                           std::int64_t now) {
-    (void)change;
-    (void)now;
-    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
-  }
-  /// Undelivered notifications whose next attempt is due at `now`, oldest first, at most `limit`.
+                                                                           std::int64_t now) = 0;
+  /// Undelivered notifications whose next attempt is due at `now`, oldest first, at most `limit`. A store shared
+  /// by several instances (PostgreSQL) leases what it returns: those are not due again for a while unless
+  /// notificationFailed reschedules them, so that two instances do not send one notification at the same time
+  /// (delivery stays at least once: a lease that runs out is handed out again).
   virtual std::expected<std::vector<ConsentNotification>, StoreError> dueNotifications(std::int64_t now,
-                                                                                      std::size_t limit) {
-    (void)now;
-    (void)limit;
-    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
-  }
+                                                                                      std::size_t limit) = 0;
   /// Marks notification `id` delivered (it is never sent again).
-  virtual std::expected<void, StoreError> notificationDelivered(std::int64_t id, std::int64_t now) {
-    (void)id;
-    (void)now;
-    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
-  }
+  virtual std::expected<void, StoreError> notificationDelivered(std::int64_t id, std::int64_t now) = 0;
   /// Records a failed attempt: attempts + 1, next attempt at `nextAttemptAt`, the error for operators.
   virtual std::expected<void, StoreError> notificationFailed(std::int64_t id, std::int64_t nextAttemptAt,
-                                                             std::string_view error) {
-    (void)id;
-    (void)nextAttemptAt;
-    (void)error;
-    return std::unexpected(StoreError{"consent storage is not implemented by this backend"});
-  }
+                                                             std::string_view error) = 0;
 
   /// True when the store answers (for /healthz and the watchdog).
   virtual bool healthy() const = 0;
@@ -190,6 +170,11 @@ struct PostgresOptions {
   std::string connection;
   unsigned pool_size = 8;                     ///< connections: one for the writer, the rest for readers
   std::int64_t connect_timeout_seconds = 3;   ///< used when `connection` names no connect_timeout
+  /// PostgreSQL statement_timeout of every connection (readers, writer, migration), set when each connection opens
+  /// and overriding one in `connection`. A statement that runs longer (typically one waiting on a lock another
+  /// session holds) is cancelled and the call returns StoreError. Must be positive (0 would mean no limit):
+  /// opening throws std::invalid_argument otherwise.
+  std::int64_t statement_timeout_ms = 5000;
   std::int64_t prune_interval_seconds = 60;
 };
 

@@ -34,6 +34,7 @@ struct Tls {
 struct Postgresql {
   std::string connection;                       ///< libpq key=value string: "host=... port=... dbname=... user=..."
   unsigned pool_size = 8;                       ///< connections per instance (one writer, the rest readers)
+  Seconds statement_timeout{5};                 ///< longest any one statement may run (lock waits included)
 };
 
 /// Fetching and caching of client JWK Sets registered by `jwks_uri` (README "Client keys by URL").
