@@ -6,16 +6,12 @@
 
 namespace smartbroker::broker {
 
-namespace {
-
 PostgresOptions postgresOptions(const config::Server& server) {
   PostgresOptions options;
   options.connection = server.postgresql.connection;
   options.pool_size = server.postgresql.pool_size;
   return options;
 }
-
-}  // namespace
 
 std::unique_ptr<StateStore> openConfiguredStore(const config::Server& server, const Clock& clock) {
   if (server.storage == config::Server::Storage::Postgresql) {
