@@ -1,12 +1,18 @@
 // `smart-broker keys list|rotate|retire|revoke|export-jwks`: signing-key lifecycle commands for operators.
 #include "admin.hpp"
 
+#include <unistd.h>
+
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
 #include <optional>
 #include <sstream>
+
+#include "admin_migrate.hpp"
+#include "smartbroker/broker/postgres_keyring.hpp"
 
 namespace smartbroker::broker {
 namespace {
@@ -207,6 +213,22 @@ int followUp(const kr::KeyringAdmin& admin, const std::string& command, const st
 
 }  // namespace
 
+std::shared_ptr<kr::KeyringStorage> keyringStorage(const config::Config& config, const std::string& instance,
+                                                    bool migrate) {
+  if (config.server.storage == config::Server::Storage::Postgresql) {
+    return openPostgresKeyring(postgresOptions(config.server), instance, migrate);
+  }
+  return kr::fileKeyringStorage(config.server.state_directory);
+}
+
+std::string instanceName() {
+  std::array<char, 256> host{};
+  if (::gethostname(host.data(), host.size() - 1) != 0) {
+    host[0] = '\0';
+  }
+  return std::string(host.data()) + ":" + std::to_string(::getpid());
+}
+
 kr::Policy keyringPolicy(const config::Config& config) {
   kr::Policy p;
   p.algorithm = config.keyring.algorithm;
@@ -216,6 +238,10 @@ kr::Policy keyringPolicy(const config::Config& config) {
   p.retirement_grace = config.keyring.retirement_grace.count();
   p.max_token_lifetime = config.server.max_token_lifetime.count();
   p.clock_skew = config.server.clock_skew.count();
+  if (config.server.storage == config::Server::Storage::Postgresql) {
+    // Several instances share the keyring; each serves a new key up to a tick later than the one that made it.
+    p.propagation_delay = kr::kSharedPropagationDelay;
+  }
   return p;
 }
 
@@ -251,12 +277,14 @@ int runKeysCommand(const std::vector<std::string>& args) {
     }
     return 1;
   }
-  auto admin = kr::KeyringAdmin::open(config->server.state_directory, keyringPolicy(*config));
+  // Files or the shared database, as the broker uses them; the same records, commands and output on both.
+  auto admin = kr::KeyringAdmin::open(keyringStorage(*config, "smart-broker keys on " + instanceName(), false),
+                                      keyringPolicy(*config));
   if (!admin) {
     std::cerr << "smart-broker keys: " << admin.error() << "\n";
     return 1;
   }
-  const std::string keysDir = config->server.state_directory + "/keys";
+  const std::string keysDir = admin->location();
 
   if (a.command == "list") {
     auto state = admin->read();

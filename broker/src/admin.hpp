@@ -2,10 +2,12 @@
 #pragma once
 
 #include <expected>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "smartbroker/config/config.hpp"
+#include "smartbroker/keyring/keyring_storage.hpp"
 #include "smartbroker/keyring/manager.hpp"
 
 namespace smartbroker::broker {
@@ -17,6 +19,15 @@ int runKeysCommand(const std::vector<std::string>& args);
 
 /// The rotation policy from configuration (keyring section, token lifetime and skew of the server section).
 keyring::Policy keyringPolicy(const config::Config& config);
+
+/// Where the keyring of `config` lives: the files under server.state_directory, or with storage postgresql the
+/// state database (migrated first when `migrate`: brokers do, `keys` commands do not change the schema). `instance`
+/// names this process there.
+std::shared_ptr<keyring::KeyringStorage> keyringStorage(const config::Config& config, const std::string& instance,
+                                                        bool migrate);
+
+/// "host:pid", naming this process in a shared keyring (heartbeats, the last writer).
+std::string instanceName();
 
 /// The key-encryption key named by the configuration: empty when none is configured; kek_credential is read from
 /// `credentialsDirectory` ($CREDENTIALS_DIRECTORY, set by systemd's LoadCredential=). Never logs the key.

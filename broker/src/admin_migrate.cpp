@@ -7,8 +7,6 @@
 
 namespace smartbroker::broker {
 
-namespace {
-
 PostgresOptions postgresOptions(const config::Server& server) {
   PostgresOptions options;
   options.connection = server.postgresql.connection;
@@ -17,8 +15,6 @@ PostgresOptions postgresOptions(const config::Server& server) {
       std::chrono::duration_cast<std::chrono::milliseconds>(server.postgresql.statement_timeout).count();
   return options;
 }
-
-}  // namespace
 
 std::unique_ptr<StateStore> openConfiguredStore(const config::Server& server, const Clock& clock) {
   if (server.storage == config::Server::Storage::Postgresql) {

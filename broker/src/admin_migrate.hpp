@@ -11,6 +11,9 @@
 
 namespace smartbroker::broker {
 
+/// The PostgreSQL settings of `server` (connection string, pool size).
+PostgresOptions postgresOptions(const config::Server& server);
+
 /// The store `server.storage` selects, with its migrations applied. Throws std::runtime_error when it cannot open.
 std::unique_ptr<StateStore> openConfiguredStore(const config::Server& server, const Clock& clock);
 

@@ -42,6 +42,7 @@
 #include "smartbroker/broker/token_endpoint.hpp"
 #include "smartbroker/config/config.hpp"
 #include "smartbroker/keyring/keyring.hpp"
+#include "smartbroker/keyring/keyring_storage.hpp"
 #include "smartbroker/keyring/manager.hpp"
 
 namespace {
@@ -158,6 +159,16 @@ int run(const std::string& configPath, sigset_t signals) {
       return 1;
     }
     keyringOptions.kek = std::move(*kek);
+    keyringOptions.instance = sb::broker::instanceName();
+    if (server.storage == sb::config::Server::Storage::Postgresql) {
+      // One keyring for every instance, in the state database: one instance at a time changes it (advisory lock),
+      // the others load its changes within a second. A file keyring this instance kept before is imported once,
+      // when the database holds none yet.
+      keyringOptions.storage = sb::broker::keyringStorage(*config, keyringOptions.instance, true);
+      if (std::filesystem::exists(std::filesystem::path(server.state_directory) / "keys")) {
+        keyringOptions.import_from = sb::keyring::fileKeyringStorage(server.state_directory);
+      }
+    }
     auto keyring = sb::keyring::KeyringManager::open(std::move(keyringOptions));
     if (!keyring) {
       log.event("startup_failed", {{"reason", "keyring"}, {"detail", keyring.error()}});
@@ -165,8 +176,9 @@ int run(const std::string& configPath, sigset_t signals) {
     }
     logKeyring((*keyring)->startupEvents(), std::nullopt, log);
     sb::broker::KeyringHolder keys((*keyring)->current());
-    // The keyring applies its rotation policy and picks up `smart-broker keys` changes every second, off the request
-    // path; each new snapshot is swapped in atomically.
+    // The keyring applies its rotation policy and picks up changes of `smart-broker keys` and other instances every
+    // second, off the request path; each new snapshot is swapped in atomically. While its storage does not answer,
+    // the last snapshot keeps serving (JWKS, signing) and the ticks go on trying.
     std::jthread keyringTicker([&](const std::stop_token& stop) {
       (*keyring)->run(stop, [&](const sb::keyring::KeyringManager::Tick& t) {
         if (t.published) {

@@ -59,9 +59,29 @@ const char* const kMigrations[] = {
     " event_time BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT NOT NULL,"
     " delivered_at BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS consent_outbox_due ON consent_outbox (delivered_at, next_attempt_at)",
+    // The keyring shared by every instance (postgres_keyring.cpp; README "Running several instances"). One row of
+    // state whose generation moves with every change, so that instances notice a change with one small read.
+    "CREATE TABLE IF NOT EXISTS keyring_state ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), generation BIGINT NOT NULL,"
+    " rotation_requested_at BIGINT, rotation_immediate INTEGER NOT NULL DEFAULT 0,"
+    " updated_at BIGINT NOT NULL, updated_by TEXT NOT NULL)",
+    // The lifecycle records, public keys only; `position` keeps the records' order.
+    "CREATE TABLE IF NOT EXISTS keyring_keys ("
+    " kid TEXT PRIMARY KEY, position INTEGER NOT NULL, alg TEXT NOT NULL, state TEXT NOT NULL,"
+    " public_jwk TEXT NOT NULL, created_at BIGINT NOT NULL, published_at BIGINT, activated_at BIGINT,"
+    " retired_at BIGINT, ended_at BIGINT, activate_after BIGINT NOT NULL DEFAULT 0)",
+    // Private keys of pending and active keys, only ever sealed with the key-encryption key: the check refuses
+    // anything that does not start with the sealed-key magic "SBKEYv1\n" (or is too short for nonce and tag), so
+    // not even a bug can put a PEM here.
+    "CREATE TABLE IF NOT EXISTS keyring_secrets ("
+    " kid TEXT PRIMARY KEY, created_at BIGINT NOT NULL, sealed BYTEA NOT NULL"
+    " CHECK (substring(sealed FROM 1 FOR 8) = '\\x53424b455976310a'::bytea AND octet_length(sealed) > 36))",
+    // Heartbeats of running brokers (database clock), for `smart-broker keys` to tell whether one will act.
+    "CREATE TABLE IF NOT EXISTS keyring_brokers (instance TEXT PRIMARY KEY, seen_at BIGINT NOT NULL)",
 };
 
-/// Advisory lock keys (one 64-bit space per database; the values are "sbmigrat" and "sbrevoke" in ASCII).
+/// Advisory lock keys (one 64-bit space per database; the values are "sbmigrat" and "sbrevoke" in ASCII; the keyring
+/// takes "sbkeyrin", postgres_keyring.cpp).
 constexpr Poco::Int64 kMigrationLock = 0x73626d6967726174;
 /// Revocation ids come from a sequence, and a sequence hands out ids in call order, not commit order: without
 /// this lock a mirror could read id 6, move its cursor past 5, and then never see 5 commit. Holding a

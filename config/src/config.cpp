@@ -800,6 +800,7 @@ class Loader {
     if (const auto v = fields.get("storage")) {
       if (const auto name = text(*v)) {
         storageLine = v->line;
+        storageLine_ = v->line;
         if (*name == "sqlite") {
           server.storage = Server::Storage::Sqlite;
         } else if (*name == "postgresql") {
@@ -989,6 +990,12 @@ class Loader {
                   "must be a systemd credential name: letters, digits and - _ . @ : (no /)");
         }
       }
+    }
+    // Why: with PostgreSQL the private keys live in the shared database, and a key enters it only sealed.
+    if (server.storage == Server::Storage::Postgresql && !kekFile && !kekCredential) {
+      problem(item ? item->line : storageLine_.value_or(1), item ? item->key : std::string("keyring"),
+              "storage postgresql keeps the signing keys in the database, sealed: set keyring.kek_file or "
+              "keyring.kek_credential (the same key-encryption key on every instance)");
     }
   }
 
@@ -1533,7 +1540,8 @@ class Loader {
   fs::path baseDir_;
   const Validators& validators_;
   std::vector<Problem> problems_;
-  std::optional<int> signingAlgorithmLine_;  ///< line of server.signing_algorithm, when set (keyring follows it)
+  std::optional<int> signingAlgorithmLine_;
+  std::optional<int> storageLine_;  ///< line of server.storage, when set (the keyring's KEK depends on it)  ///< line of server.signing_algorithm, when set (keyring follows it)
   ConsentSettings::Source consentSource_ = ConsentSettings::Source::Local;  ///< consent.source (systems follow it)
 };
 

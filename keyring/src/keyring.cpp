@@ -27,11 +27,19 @@ std::expected<KeySet, std::string> openManaged(const Store& store) {
   if (active == nullptr) {
     return std::unexpected(store.statePath().string() + ": no active key");
   }
-  auto loaded = store.readPrivateKey(active->kid, active->alg, {});
-  if (!loaded) {
-    return std::unexpected(loaded.error());
+  auto stored = store.readPrivateKey(active->kid);
+  if (!stored) {
+    return std::unexpected(stored.error());
   }
-  return buildKeySet(**state, {{active->kid, loaded->key}});
+  if (!*stored) {
+    return std::unexpected("the private key file of " + active->kid + " is missing (" +
+                           store.keyPath(active->kid).string() + ")");
+  }
+  auto key = openPrivateKey(**stored, active->kid, active->alg, {}, store.keyPath(active->kid).string());
+  if (!key) {
+    return std::unexpected(key.error());
+  }
+  return buildKeySet(**state, {{active->kid, *key}});
 }
 
 }  // namespace
@@ -49,23 +57,23 @@ std::expected<KeySet, std::string> openKeyring(const std::string& stateDirectory
   if (!legacy) {
     return std::unexpected(legacy.error());
   }
-  auto fitting = [&](const Store::LegacyKey& l) { return l.key->alg() == alg; };
+  auto fitting = [&](const LegacyKey& l) { return l.key->alg() == alg; };
   if (std::ranges::none_of(*legacy, fitting)) {
     auto fresh = SigningKey::generate(alg);
     if (!fresh) {
       return std::unexpected(fresh.error());
     }
-    if (auto ok = store.writePrivateKey(*fresh, {}); !ok) {
+    if (auto ok = store.writePrivateKey(fresh->kid(), storedForm(*fresh, {})); !ok) {
       return std::unexpected(ok.error());
     }
     // Newest first: the fresh key goes in front.
-    legacy->insert(legacy->begin(), Store::LegacyKey{std::make_shared<const SigningKey>(std::move(*fresh)), 0});
+    legacy->insert(legacy->begin(), LegacyKey{std::make_shared<const SigningKey>(std::move(*fresh)), 0});
   }
 
   // Newest first: the newest fitting key signs; every loaded key is published. A key that does not fit the
   // configured alg is still published (it may have signed live tokens before a configuration change).
   KeySet set;
-  for (const Store::LegacyKey& l : *legacy) {
+  for (const LegacyKey& l : *legacy) {
     if (set.active == nullptr && fitting(l)) {
       set.active = l.key;
     }

@@ -157,8 +157,8 @@ std::optional<std::string> Policy::problem() const {
     return "the rotation period (" + std::to_string(rotation_period) + "s) must be longer than the lead time (" +
            std::to_string(lead_time) + "s)";
   }
-  if (max_token_lifetime < 1 || clock_skew < 0 || retirement_grace < 0) {
-    return "token lifetime, clock skew and retirement grace must not be negative";
+  if (max_token_lifetime < 1 || clock_skew < 0 || retirement_grace < 0 || propagation_delay < 0) {
+    return "token lifetime, clock skew, retirement grace and propagation delay must not be negative";
   }
   return std::nullopt;
 }
@@ -169,7 +169,8 @@ std::optional<std::int64_t> readyAt(const KeyRecord& key, const Policy& policy) 
   }
   // +1: published_at is the second in which the key was first served, so it may have been served up to a second
   // later than that; requiring strictly more than the lead time keeps the rule exact.
-  return *key.published_at + policy.lead_time + 1;
+  // + propagation_delay: the other instances of a shared keyring serve the key that much later at most.
+  return *key.published_at + policy.lead_time + 1 + policy.propagation_delay;
 }
 
 std::optional<std::int64_t> activationAt(const KeyRecord& key, const Policy& policy) {
@@ -296,7 +297,8 @@ std::expected<PolicyResult, std::string> applyPolicy(RingState& state, const Pol
     const bool algChanged = active->alg != policy.algorithm;
     const std::int64_t rotateAt =
         policy.rotation_period > 0 ? active->activated_at.value_or(now) + policy.rotation_period : 0;
-    const bool dueSoon = policy.rotation_period > 0 && now >= rotateAt - policy.lead_time - 1;
+    const bool dueSoon =
+        policy.rotation_period > 0 && now >= rotateAt - policy.lead_time - 1 - policy.propagation_delay;
     if ((algChanged || dueSoon) && !hasPending(state)) {
       auto made = mintKey(algChanged ? 0 : rotateAt);
       if (!made) {

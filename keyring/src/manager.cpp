@@ -1,4 +1,4 @@
-// The keyring on disk: the broker's KeyringManager (policy ticks, snapshots) and the operator's KeyringAdmin.
+// The broker's KeyringManager (policy ticks, snapshots) and the operator's KeyringAdmin, on any KeyringStorage.
 #include "smartbroker/keyring/manager.hpp"
 
 #include <openssl/crypto.h>
@@ -17,13 +17,13 @@
 namespace smartbroker::keyring {
 namespace {
 
-namespace fs = std::filesystem;
-using storage::FileLock;
-
 /// Busy ticks (one a second) after which a held lock is reported: a stuck command would stall rotation.
 constexpr int kBusyTicksReported = 30;
 /// How long a tick waits for the lock before it gives up until the next tick.
 constexpr std::chrono::milliseconds kTickLockWait{250};
+/// At start-up, waiting for a command or another instance to finish is right: a broker must not start on a
+/// half-seen keyring.
+constexpr std::chrono::milliseconds kOpenLockWait{10000};
 
 std::int64_t systemNow() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -102,31 +102,43 @@ std::expected<std::string, std::string> loadKeyEncryptionKey(const std::string& 
 
 struct KeyringManager::Impl {
   KeyringOptions options;
-  Store store;
-  FileLock brokerLock;  ///< held shared for the manager's lifetime: "a broker is running"
+  std::shared_ptr<KeyringStorage> storage;
   RingState state;
+  std::optional<std::int64_t> generation;  ///< of `state`, when the storage keeps one
+  bool loaded = false;                     ///< `state` has been read from the storage at least once
   std::string lastStateText;
-  std::map<std::string, std::shared_ptr<const SigningKey>> privateKeys;  ///< pending and active keys
+  PrivateKeys privateKeys;  ///< pending and active keys
   std::string view;
   mutable std::mutex mutex;  ///< guards `current`
   std::shared_ptr<const KeySet> current;
   std::vector<Event> startupEvents;
   std::optional<std::string> lastError;
   int busyTicks = 0;
+  bool imported = false;  ///< open() adopted `options.import_from`
 
-  Impl(KeyringOptions o, Store s, FileLock b) : options(std::move(o)), store(std::move(s)), brokerLock(std::move(b)) {}
+  Impl(KeyringOptions o, std::shared_ptr<KeyringStorage> s) : options(std::move(o)), storage(std::move(s)) {}
   ~Impl() { OPENSSL_cleanse(options.kek.data(), options.kek.size()); }
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
 
-  std::expected<KeyRecord, std::string> mint(jwks::Alg alg, std::int64_t now) {
+  /// Stores `key` in `session` the way this keyring keeps private keys (sealed when a KEK is configured).
+  std::expected<void, std::string> store(KeyringSession& session, const SigningKey& key) const {
+    if (options.kek.empty() && storage->requiresSealing()) {
+      return std::unexpected(storage->location() + " keeps private keys only sealed, and no key-encryption key is "
+                                                   "configured");
+    }
+    return session.writePrivateKey(key.kid(), storedForm(key, options.kek));
+  }
+
+  std::expected<KeyRecord, std::string> mint(KeyringSession& session, PrivateKeys& keys, jwks::Alg alg,
+                                             std::int64_t now) const {
     auto key = SigningKey::generate(alg);
     if (!key) {
       return std::unexpected(key.error());
     }
-    // The private key is on disk before the record that names it: a crash in between leaves an unreferenced file
+    // The private key is stored before the record that names it: a crash in between leaves an unreferenced key
     // (removed later, never published), not a record without its key.
-    if (auto ok = store.writePrivateKey(*key, options.kek); !ok) {
+    if (auto ok = store(session, *key); !ok) {
       return std::unexpected(ok.error());
     }
     KeyRecord record;
@@ -135,29 +147,27 @@ struct KeyringManager::Impl {
     record.state = KeyState::Pending;
     record.public_jwk = jwks::publicJwkJson(key->publicKey());
     record.created_at = now;
-    privateKeys[record.kid] = std::make_shared<const SigningKey>(std::move(*key));
+    keys[record.kid] = std::make_shared<const SigningKey>(std::move(*key));
     return record;
   }
 
   /// A keyring of the earlier layout: `<kid>.pem` files only. The newest key fitting the configured alg was the one
   /// signing and every key was published, so it stays active and the others retire now (conservatively: any of them
-  /// may have signed until now).
-  std::expected<RingState, std::string> adoptLegacy(std::int64_t now, std::vector<Event>& events) {
-    auto legacy = store.readLegacyKeys(options.policy.algorithm);
-    if (!legacy) {
-      return std::unexpected(legacy.error());
-    }
+  /// may have signed until now). `sameStorage`: the files are the target's own, so a plain key already is in place.
+  std::expected<RingState, std::string> adoptLegacy(const std::vector<LegacyKey>& legacy, KeyringSession& target,
+                                                    bool sameStorage, std::int64_t now, std::vector<Event>& events,
+                                                    PrivateKeys& keys) const {
     RingState adopted;
-    if (legacy->empty()) {
+    if (legacy.empty()) {
       return adopted;
     }
-    auto activeIt = std::ranges::find_if(*legacy, [&](const Store::LegacyKey& l) {
+    auto activeIt = std::ranges::find_if(legacy, [&](const LegacyKey& l) {
       return l.key->alg() == options.policy.algorithm;
     });
-    if (activeIt == legacy->end()) {
-      activeIt = legacy->begin();
+    if (activeIt == legacy.end()) {
+      activeIt = legacy.begin();
     }
-    for (auto it = legacy->begin(); it != legacy->end(); ++it) {
+    for (auto it = legacy.begin(); it != legacy.end(); ++it) {
       KeyRecord record;
       record.kid = it->key->kid();
       record.alg = it->key->alg();
@@ -167,13 +177,13 @@ struct KeyringManager::Impl {
       record.activated_at = it->modified;
       if (it == activeIt) {
         record.state = KeyState::Active;
-        if (!options.kek.empty()) {
+        if (!options.kek.empty() || !sameStorage) {
           // Adopted keys are sealed like new ones when a KEK is configured; the plain copy goes with the next cleanup.
-          if (auto ok = store.writePrivateKey(*it->key, options.kek); !ok) {
+          if (auto ok = store(target, *it->key); !ok) {
             return std::unexpected(ok.error());
           }
         }
-        privateKeys[record.kid] = it->key;
+        keys[record.kid] = it->key;
       } else {
         record.state = KeyState::Retired;
         record.retired_at = now;
@@ -185,94 +195,231 @@ struct KeyringManager::Impl {
     return adopted;
   }
 
-  /// Loads (or re-checks) the private key of every pending and active record. Any problem refuses the whole tick:
-  /// a key whose file was tampered with must not become the signing key, and the active one must be sound.
-  std::expected<void, std::string> loadPrivateKeys() {
-    for (const KeyRecord& k : state.keys) {
+  /// The keyring of `options.import_from` (records and the private keys of pending and active keys, re-stored in
+  /// `target`), or nullopt when it holds none. Runs under the target's exclusive lock, so exactly one instance
+  /// imports, once: every other finds the target no longer empty.
+  std::expected<std::optional<RingState>, std::string> importKeyring(KeyringSession& target, std::int64_t now,
+                                                                     std::vector<Event>& events,
+                                                                     PrivateKeys& keys) const {
+    const std::string from = options.import_from->location();
+    auto source = options.import_from->read(kOpenLockWait);
+    if (!source) {
+      return std::unexpected("cannot read the keyring to import at " + from + ": " + source.error().message);
+    }
+    auto records = (*source)->readState();
+    if (!records) {
+      return std::unexpected(records.error());
+    }
+    if (!*records) {
+      auto legacy = (*source)->legacyKeys(options.policy.algorithm);
+      if (!legacy) {
+        return std::unexpected(legacy.error());
+      }
+      if (legacy->empty()) {
+        return std::optional<RingState>{};
+      }
+      auto adopted = adoptLegacy(*legacy, target, false, now, events, keys);
+      if (!adopted) {
+        return std::unexpected(adopted.error());
+      }
+      return std::optional<RingState>(std::move(*adopted));
+    }
+    RingState ring = std::move(**records);
+    if (auto problem = recordsProblem(ring)) {
+      return std::unexpected(from + ": " + *problem);
+    }
+    std::size_t withKey = 0;
+    for (const KeyRecord& k : ring.keys) {
+      if (!k.hasPrivateKey()) {
+        continue;  // retired and ended keys never sign again: their private halves stay behind
+      }
+      auto key = loadKey(**source, k);
+      if (!key) {
+        return std::unexpected(key.error());
+      }
+      if (auto ok = store(target, **key); !ok) {
+        return std::unexpected(ok.error());
+      }
+      keys[k.kid] = *key;
+      ++withKey;
+    }
+    events.push_back({"keyring_imported", "",
+                      std::to_string(ring.keys.size()) + " key records and " + std::to_string(withKey) +
+                          " private keys from " + from + " into " + storage->location() +
+                          "; the files are no longer read (remove them once every instance runs on the new keyring)",
+                      false});
+    return std::optional<RingState>(std::move(ring));
+  }
+
+  /// Reads and opens the private key of `record` from `session`.
+  std::expected<std::shared_ptr<const SigningKey>, std::string> loadKey(KeyringSession& session,
+                                                                        const KeyRecord& record) const {
+    auto stored = session.readPrivateKey(record.kid);
+    if (!stored) {
+      return std::unexpected(stored.error());
+    }
+    const std::string where = session.keyLocation(record.kid);
+    if (!*stored) {
+      return std::unexpected("the private key of " + record.kid + " is missing (" + where + ")");
+    }
+    return openPrivateKey(**stored, record.kid, record.alg, options.kek, where);
+  }
+
+  /// Loads (or re-checks) the private key of every pending and active record of `next` into `keys`. Any problem
+  /// refuses the whole tick: a key that was tampered with must not become the signing key, and the active one must
+  /// be sound. `write`: a plain key is sealed in place when a KEK is configured.
+  std::expected<void, std::string> loadPrivateKeys(KeyringSession& session, const RingState& next, PrivateKeys& keys,
+                                                   bool write) const {
+    for (const KeyRecord& k : next.keys) {
       if (!k.hasPrivateKey()) {
         continue;
       }
-      if (privateKeys.contains(k.kid)) {
-        if (auto ok = store.checkPrivateKey(k.kid); !ok) {
+      if (keys.contains(k.kid)) {
+        if (auto ok = session.checkPrivateKey(k.kid); !ok) {
           return ok;
         }
         continue;
       }
-      auto loaded = store.readPrivateKey(k.kid, k.alg, options.kek);
-      if (!loaded) {
-        return std::unexpected(loaded.error());
+      auto stored = session.readPrivateKey(k.kid);
+      if (!stored) {
+        return std::unexpected(stored.error());
       }
-      if (loaded->plain && !options.kek.empty()) {
-        if (auto ok = store.writePrivateKey(*loaded->key, options.kek); !ok) {
+      const std::string where = session.keyLocation(k.kid);
+      if (!*stored) {
+        return std::unexpected("the private key of " + k.kid + " is missing (" + where + ")");
+      }
+      if (!(*stored)->sealed && storage->requiresSealing()) {
+        return std::unexpected(where + ": a plain private key where only sealed ones may be");
+      }
+      auto key = openPrivateKey(**stored, k.kid, k.alg, options.kek, where);
+      if (!key) {
+        return std::unexpected(key.error());
+      }
+      if (write && !(*stored)->sealed && !options.kek.empty()) {
+        if (auto ok = store(session, **key); !ok) {
           return ok;
         }
       }
-      privateKeys[k.kid] = loaded->key;
+      keys[k.kid] = *key;
     }
-    std::erase_if(privateKeys, [&](const auto& entry) {
-      const KeyRecord* record = state.find(entry.first);
+    std::erase_if(keys, [&](const auto& entry) {
+      const KeyRecord* record = next.find(entry.first);
       return record == nullptr || !record->hasPrivateKey();
     });
     return {};
   }
 
-  /// One step under the exclusive lock: read what is on disk, apply the policy, write back what changed.
-  std::expected<void, std::string> step(std::int64_t now, std::vector<Event>& events) {
-    if (auto ok = store.checkPrivate(); !ok) {
-      return ok;
+  /// One step in `session`. `write` (exclusive session): read what is stored, apply the policy, write back what
+  /// changed, commit. Otherwise only follow what others committed. Memory changes only once the step has succeeded,
+  /// so a failure anywhere (a database gone mid-transaction) leaves the last good state in place.
+  std::expected<void, std::string> step(KeyringSession& session, std::int64_t now, std::vector<Event>& events,
+                                        bool write) {
+    std::vector<Event> happened;  ///< handed to `events` once committed: a rolled-back step did nothing
+    auto generationNow = session.generation();
+    if (!generationNow) {
+      return std::unexpected(generationNow.error());
     }
-    auto onDisk = store.readState();
-    if (!onDisk) {
-      return std::unexpected(onDisk.error());
-    }
+    RingState next;
+    PrivateKeys keys = privateKeys;
     bool fresh = false;
-    if (*onDisk) {
-      state = std::move(**onDisk);
+    // The generation moves with every committed change: an unchanged one means the copy in memory is current, and
+    // the tick costs one small read.
+    const bool upToDate = loaded && *generationNow && generation && **generationNow == *generation;
+    if (upToDate) {
+      next = state;
     } else {
-      auto adopted = adoptLegacy(now, events);
-      if (!adopted) {
-        return std::unexpected(adopted.error());
+      auto stored = session.readState();
+      if (!stored) {
+        return std::unexpected(stored.error());
       }
-      state = std::move(*adopted);
-      fresh = true;
+      if (*stored) {
+        if (auto problem = recordsProblem(**stored)) {
+          return std::unexpected(storage->location() + ": " + *problem);
+        }
+        next = std::move(**stored);
+      } else if (!write) {
+        return std::unexpected(storage->location() + ": the keyring is empty");
+      } else {
+        std::optional<RingState> adopted;
+        if (options.import_from) {
+          auto importedState = importKeyring(session, now, happened, keys);
+          if (!importedState) {
+            return std::unexpected(importedState.error());
+          }
+          adopted = std::move(*importedState);
+          imported = adopted.has_value();
+        }
+        if (!adopted) {
+          auto legacy = session.legacyKeys(options.policy.algorithm);
+          if (!legacy) {
+            return std::unexpected(legacy.error());
+          }
+          auto fromLegacy = adoptLegacy(*legacy, session, true, now, happened, keys);
+          if (!fromLegacy) {
+            return std::unexpected(fromLegacy.error());
+          }
+          adopted = std::move(*fromLegacy);
+        }
+        next = std::move(*adopted);
+        fresh = true;
+      }
     }
-    if (auto ok = loadPrivateKeys(); !ok) {
+    if (auto ok = loadPrivateKeys(session, next, keys, write); !ok) {
       return ok;
     }
-    auto result = applyPolicy(state, options.policy, now,
-                              [this](jwks::Alg alg, std::int64_t at) { return mint(alg, at); });
-    if (!result) {
-      return std::unexpected(result.error());
-    }
-    events.insert(events.end(), result->events.begin(), result->events.end());
-    std::string text = fingerprint();
-    const bool changedOnDisk = text != lastStateText;
-    if (result->changed || fresh) {
-      if (auto ok = store.writeState(state); !ok) {
+    if (write) {
+      auto result = applyPolicy(next, options.policy, now, [&](jwks::Alg alg, std::int64_t at) {
+        return mint(session, keys, alg, at);
+      });
+      if (!result) {
+        return std::unexpected(result.error());
+      }
+      happened.insert(happened.end(), result->events.begin(), result->events.end());
+      std::string text = fingerprint(next);
+      const bool changedElsewhere = text != lastStateText;
+      if (result->changed || fresh) {
+        if (auto ok = session.writeState(next); !ok) {
+          return ok;
+        }
+      }
+      if (result->changed || fresh || changedElsewhere) {
+        // After the state is written: a key leaves the storage only once no record says it may sign.
+        if (auto ok = session.removeStaleKeys(next); !ok) {
+          return ok;
+        }
+      }
+      if (result->changed || fresh) {
+        generationNow = session.generation();
+        if (!generationNow) {
+          return std::unexpected(generationNow.error());
+        }
+      }
+      if (auto ok = session.commit(); !ok) {
         return ok;
       }
+      lastStateText = std::move(text);
     }
-    if (result->changed || fresh || changedOnDisk) {
-      // After the state is durable: a key leaves the disk only once no record says it may sign.
-      if (auto ok = store.removeStaleFiles(state); !ok) {
-        return ok;
-      }
-    }
-    lastStateText = std::move(text);
+    // Committed: from here on memory follows the storage.
+    events.insert(events.end(), happened.begin(), happened.end());
+    state = std::move(next);
+    privateKeys = std::move(keys);
+    generation = *generationNow;
+    loaded = true;
     return {};
   }
 
-  /// step() with OpenSSL and file-system exceptions turned into errors: the tick thread must never die of one.
-  std::expected<void, std::string> guardedStep(std::int64_t now, std::vector<Event>& events) {
+  /// step() with OpenSSL, storage and file-system exceptions turned into errors: the tick thread must never die.
+  std::expected<void, std::string> guardedStep(KeyringSession& session, std::int64_t now, std::vector<Event>& events,
+                                               bool write) {
     try {
-      return step(now, events);
+      return step(session, now, events, write);
     } catch (const std::exception& e) {
       return std::unexpected(std::string("unexpected failure: ") + e.what());
     }
   }
 
-  /// What of the state decides which key files may exist (compared between ticks).
-  std::string fingerprint() const;
+  /// What of the state decides which private keys may exist (compared between ticks).
+  static std::string fingerprint(const RingState& ring);
 
   void publishIfChanged(Tick& out) {
     const std::string next = viewOf(state);
@@ -285,44 +432,69 @@ struct KeyringManager::Impl {
       return;
     }
     auto snapshot = std::make_shared<const KeySet>(std::move(*set));
+    const bool first = !current;
     {
       const std::lock_guard guard(mutex);
       current = snapshot;
     }
     view = next;
+    if (!first && out.events.empty()) {
+      // Another instance or a command changed the keyring; this one only follows (the change is logged where made).
+      out.events.push_back({"keyring_loaded", snapshot->active->kid(),
+                            "picked up a change made elsewhere; " + std::to_string(snapshot->published.size()) +
+                                " keys published, this one signs",
+                            false});
+    }
     out.published = std::move(snapshot);
+  }
+
+  /// While another process holds the lock: follow what it has committed, where the storage allows a read meanwhile.
+  void follow(Tick& out, std::int64_t now) {
+    auto session = storage->read(std::chrono::milliseconds(0));
+    if (!session) {
+      return;  // files: the holder excludes readers too; the next tick tries again
+    }
+    if (auto ok = guardedStep(**session, now, out.events, false); !ok) {
+      report(out, ok.error());
+    }
   }
 
   Tick tick() {
     Tick out;
     const std::int64_t now = options.now();
+    storage->brokerAlive();
     {
-      // A short, bounded wait: commands hold the lock for milliseconds, and this thread serves no request.
-      auto lock = store.lock(FileLock::Mode::Exclusive, kTickLockWait);
-      if (!lock) {
-        if (lock.error().busy) {
-          if (++busyTicks == kBusyTicksReported) {
-            report(out, "the keyring has been locked by another process for " + std::to_string(busyTicks) +
-                            " s; rotation waits");
-          }
+      // A short, bounded wait: commands and other instances hold the lock for milliseconds, and this thread serves
+      // no request.
+      auto session = storage->lock(kTickLockWait);
+      if (!session) {
+        if (!session.error().busy) {
+          report(out, session.error().message);
           return out;
         }
-        report(out, lock.error().message);
-        return out;
+        if (++busyTicks == kBusyTicksReported) {
+          report(out, "the keyring has been locked by another process for " + std::to_string(busyTicks) +
+                          " s; rotation waits");
+        }
+        follow(out, now);
+      } else {
+        busyTicks = 0;
+        if (auto ok = guardedStep(**session, now, out.events, true); !ok) {
+          // The snapshot being served stays: the keys in memory are intact, and nothing unsafe is picked up.
+          report(out, ok.error());
+          return out;
+        }
       }
-      busyTicks = 0;
-      if (auto ok = guardedStep(now, out.events); !ok) {
-        // The snapshot being served stays: the keys in memory are intact, and nothing unsafe is picked up.
-        report(out, ok.error());
-        return out;
-      }
+    }
+    if (out.error) {
+      return out;
     }
     publishIfChanged(out);
     if (out.error) {
       report(out, *out.error);
       return out;
     }
-    if (lastError) {
+    if (lastError && busyTicks == 0) {
       out.events.push_back({"keyring_recovered", "", "the keyring is readable again", false});
       lastError.reset();
     }
@@ -338,13 +510,13 @@ struct KeyringManager::Impl {
   }
 };
 
-std::string KeyringManager::Impl::fingerprint() const {
+std::string KeyringManager::Impl::fingerprint(const RingState& ring) {
   std::string text;
-  for (const KeyRecord& k : state.keys) {
+  for (const KeyRecord& k : ring.keys) {
     text += k.kid + std::string(keyStateName(k.state)) + std::to_string(k.activate_after) + ";";
   }
-  if (state.rotation_request) {
-    text += "request" + std::to_string(state.rotation_request->requested_at);
+  if (ring.rotation_request) {
+    text += "request" + std::to_string(ring.rotation_request->requested_at);
   }
   return text;
 }
@@ -362,29 +534,40 @@ std::expected<std::unique_ptr<KeyringManager>, std::string> KeyringManager::open
   if (!options.now) {
     options.now = systemNow;
   }
-  Store store(fs::path(options.state_directory) / "keys");
-  if (auto ok = storage::ensurePrivateDirectory(store.dir()); !ok) {
+  std::shared_ptr<KeyringStorage> storage =
+      options.storage ? options.storage : fileKeyringStorage(options.state_directory);
+  if (storage->requiresSealing() && options.kek.empty()) {
+    // Why: a database is reachable by everyone who can reach its server and lands in its backups; a private key
+    // enters it only encrypted, so without the key-encryption key there is nothing this broker may do.
+    return std::unexpected("the keyring in " + storage->location() +
+                           " keeps private keys sealed with a key-encryption key, and none is configured: set "
+                           "keyring.kek_file or keyring.kek_credential (the same key on every instance)");
+  }
+  if (auto ok = storage->attachBroker(options.instance); !ok) {
     return std::unexpected(ok.error());
   }
-  auto brokerLock = storage::FileLock::acquire(store.brokerPath(), FileLock::Mode::Shared, std::chrono::seconds(10));
-  if (!brokerLock) {
-    return std::unexpected(brokerLock.error().message);
-  }
-  auto impl = std::make_unique<Impl>(std::move(options), std::move(store), std::move(*brokerLock));
+  auto impl = std::make_unique<Impl>(std::move(options), storage);
   {
-    // At start-up, waiting for a command to finish is right; a broker must not start on a half-seen keyring.
-    auto lock = impl->store.lock(FileLock::Mode::Exclusive, std::chrono::seconds(10));
-    if (!lock) {
-      return std::unexpected(lock.error().message);
+    auto session = storage->lock(kOpenLockWait);
+    if (!session) {
+      return std::unexpected(session.error().message);
     }
-    if (auto ok = impl->guardedStep(impl->options.now(), impl->startupEvents); !ok) {
+    if (auto ok = impl->guardedStep(**session, impl->options.now(), impl->startupEvents, true); !ok) {
       return std::unexpected(ok.error());
     }
   }
+  storage->brokerAlive();
   Tick first;
   impl->publishIfChanged(first);
   if (first.error) {
     return std::unexpected(*first.error);
+  }
+  if (impl->options.import_from && !impl->imported && impl->options.import_from->checkCreated()) {
+    impl->startupEvents.push_back(
+        {"keyring_files_ignored", "",
+         impl->options.import_from->location() + " holds a file keyring, but the keyring in " + storage->location() +
+             " is in use and the files are not read; remove them once they are no longer needed",
+         true});
   }
   return std::unique_ptr<KeyringManager>(new KeyringManager(std::move(impl)));
 }
@@ -416,68 +599,77 @@ void KeyringManager::run(const std::stop_token& stop, const std::function<void(c
 
 // ---------------------------------------------------------------------------------------------- KeyringAdmin
 
-KeyringAdmin::KeyringAdmin(std::string keysDir, Policy policy, NowFn now, std::chrono::milliseconds lockTimeout)
-    : keys_dir_(std::move(keysDir)), policy_(policy), now_(std::move(now)), lock_timeout_(lockTimeout) {}
+KeyringAdmin::KeyringAdmin(std::shared_ptr<KeyringStorage> storage, Policy policy, NowFn now,
+                           std::chrono::milliseconds lockTimeout)
+    : storage_(std::move(storage)), policy_(policy), now_(std::move(now)), lock_timeout_(lockTimeout) {}
 
 std::expected<KeyringAdmin, std::string> KeyringAdmin::open(const std::string& stateDirectory, Policy policy,
                                                             NowFn now, std::chrono::milliseconds lockTimeout) {
-  const Store store(fs::path(stateDirectory) / "keys");
-  if (!storage::exists(store.statePath())) {
-    return std::unexpected("no keyring at " + store.dir().string() +
-                           " (smart-broker creates it at its first start; is this the right --config, and are you "
-                           "running as the service user?)");
-  }
-  if (auto ok = store.checkPrivate(); !ok) {
+  return open(fileKeyringStorage(stateDirectory), policy, std::move(now), lockTimeout);
+}
+
+std::expected<KeyringAdmin, std::string> KeyringAdmin::open(std::shared_ptr<KeyringStorage> storage, Policy policy,
+                                                            NowFn now, std::chrono::milliseconds lockTimeout) {
+  if (auto ok = storage->checkCreated(); !ok) {
     return std::unexpected(ok.error());
   }
-  return KeyringAdmin(store.dir().string(), policy, now ? std::move(now) : NowFn(systemNow), lockTimeout);
+  return KeyringAdmin(std::move(storage), policy, now ? std::move(now) : NowFn(systemNow), lockTimeout);
 }
 
 std::expected<RingState, std::string> KeyringAdmin::read() const {
-  const Store store{fs::path(keys_dir_)};
-  auto lock = store.lock(FileLock::Mode::Shared, lock_timeout_);
-  if (!lock) {
-    return std::unexpected(lock.error().message);
+  auto session = storage_->read(lock_timeout_);
+  if (!session) {
+    return std::unexpected(session.error().message);
   }
-  auto state = store.readState();
+  auto state = (*session)->readState();
   if (!state) {
     return std::unexpected(state.error());
   }
   if (!*state) {
-    return std::unexpected(store.statePath().string() + ": missing");
+    return std::unexpected(storage_->location() + ": no keyring state");
+  }
+  if (auto problem = recordsProblem(**state)) {
+    return std::unexpected(storage_->location() + ": " + *problem);
   }
   return std::move(**state);
 }
 
-bool KeyringAdmin::brokerRunning() const { return FileLock::heldByOther(Store{fs::path(keys_dir_)}.brokerPath()); }
+bool KeyringAdmin::brokerRunning() const { return storage_->brokerRunning(); }
 
 std::expected<CommandOutcome, std::string> KeyringAdmin::change(
     const std::function<std::expected<CommandOutcome, std::string>(RingState&, std::int64_t)>& edit) {
-  const Store store{fs::path(keys_dir_)};
-  auto lock = store.lock(FileLock::Mode::Exclusive, lock_timeout_);
-  if (!lock) {
-    return std::unexpected(lock.error().message);
+  auto session = storage_->lock(lock_timeout_);
+  if (!session) {
+    return std::unexpected(session.error().message);
   }
-  if (auto ok = store.checkPrivate(); !ok) {
-    return std::unexpected(ok.error());
-  }
-  auto state = store.readState();
+  auto state = (*session)->readState();
   if (!state) {
     return std::unexpected(state.error());
   }
   if (!*state) {
-    return std::unexpected(store.statePath().string() + ": missing");
+    return std::unexpected(storage_->location() + ": no keyring state");
+  }
+  if (auto problem = recordsProblem(**state)) {
+    return std::unexpected(storage_->location() + ": " + *problem);
   }
   auto outcome = edit(**state, now_());
   if (!outcome || !outcome->changed) {
     return outcome;
   }
-  if (auto ok = store.writeState(**state); !ok) {
+  if (auto ok = (*session)->writeState(**state); !ok) {
     return std::unexpected(ok.error());
   }
   // A revoked key's private half is destroyed at once; it must never sign again.
-  if (auto ok = store.removeStaleFiles(**state); !ok) {
-    outcome->warnings.push_back("the change is recorded, but a stale key file could not be removed: " + ok.error());
+  std::optional<std::string> cleanup;
+  if (auto ok = (*session)->removeStaleKeys(**state); !ok) {
+    cleanup = ok.error();
+  }
+  // Files are durable as written; a database transaction is all or nothing, and only its commit records the change.
+  if (auto ok = (*session)->commit(); !ok) {
+    return std::unexpected("the change was not recorded: " + ok.error());
+  }
+  if (cleanup) {
+    outcome->warnings.push_back("the change is recorded, but a stale private key could not be removed: " + *cleanup);
   }
   return outcome;
 }

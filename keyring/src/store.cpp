@@ -82,23 +82,19 @@ std::expected<void, std::string> Store::writeState(const RingState& state) const
   return storage::writeAtomically(statePath(), state_file::serialize(state));
 }
 
-std::expected<void, std::string> Store::writePrivateKey(const SigningKey& key, const std::string& kek) const {
-  const Wiped pem{key.privatePem()};
-  if (kek.empty()) {
-    return storage::writeAtomically(plainKeyPath(key.kid()), pem.text);
-  }
-  const Wiped sealedText{sealed::seal(pem.text, kek, key.kid())};
-  return storage::writeAtomically(sealedKeyPath(key.kid()), sealedText.text);
+std::expected<void, std::string> Store::writePrivateKey(const std::string& kid, const StoredPrivateKey& key) const {
+  return storage::writeAtomically(key.sealed ? sealedKeyPath(kid) : plainKeyPath(kid), key.data);
 }
 
-std::expected<Store::Loaded, std::string> Store::readPrivateKey(const std::string& kid, jwks::Alg alg,
-                                                                const std::string& kek) const {
+fs::path Store::keyPath(const std::string& kid) const {
   const fs::path sealedPath = sealedKeyPath(kid);
-  const fs::path plainPath = plainKeyPath(kid);
-  const bool isSealed = storage::exists(sealedPath);
-  const fs::path path = isSealed ? sealedPath : plainPath;
-  if (!isSealed && !storage::exists(plainPath)) {
-    return std::unexpected("the private key file of " + kid + " is missing (" + plainPath.string() + ")");
+  return storage::exists(sealedPath) ? sealedPath : plainKeyPath(kid);
+}
+
+std::expected<std::optional<StoredPrivateKey>, std::string> Store::readPrivateKey(const std::string& kid) const {
+  const fs::path path = keyPath(kid);
+  if (!storage::exists(path)) {
+    return std::optional<StoredPrivateKey>{};
   }
   if (auto ok = storage::requirePrivate(path, 0600); !ok) {
     return std::unexpected(ok.error());
@@ -107,40 +103,14 @@ std::expected<Store::Loaded, std::string> Store::readPrivateKey(const std::strin
   if (!raw) {
     return std::unexpected(raw.error());
   }
-  const Wiped content{std::move(*raw)};
-  Wiped pem;
-  if (isSealed) {
-    if (kek.empty()) {
-      return std::unexpected(path.string() +
-                             ": encrypted at rest, but no key-encryption key is configured (keyring.kek_file or "
-                             "keyring.kek_credential)");
-    }
-    auto opened = sealed::open(content.text, kek, kid);
-    if (!opened) {
-      return std::unexpected(path.string() + ": " + opened.error());
-    }
-    pem.text = std::move(*opened);
-  } else {
-    if (sealed::isSealed(content.text)) {
-      return std::unexpected(path.string() + ": holds an encrypted key under a plain-key name");
-    }
-    pem.text = content.text;
-  }
-  auto key = SigningKey::fromPem(pem.text, alg);
-  if (!key) {
-    return std::unexpected(path.string() + ": " + key.error());
-  }
-  // Why: the file name is only a name; the key inside must be the one the records (and the JWKS) describe.
-  if (key->kid() != kid) {
-    return std::unexpected(path.string() + ": holds a different key (thumbprint " + key->kid() + ")");
-  }
-  return Loaded{std::make_shared<const SigningKey>(std::move(*key)), !isSealed};
+  std::optional<StoredPrivateKey> out(std::in_place);
+  out->data = std::move(*raw);
+  out->sealed = path == sealedKeyPath(kid);
+  return out;
 }
 
 std::expected<void, std::string> Store::checkPrivateKey(const std::string& kid) const {
-  const fs::path sealedPath = sealedKeyPath(kid);
-  return storage::requirePrivate(storage::exists(sealedPath) ? sealedPath : plainKeyPath(kid),
-                                 0600);
+  return storage::requirePrivate(keyPath(kid), 0600);
 }
 
 std::expected<void, std::string> Store::removeStaleFiles(const RingState& state) const {
@@ -173,7 +143,7 @@ std::expected<void, std::string> Store::removeStaleFiles(const RingState& state)
   return {};
 }
 
-std::expected<std::vector<Store::LegacyKey>, std::string> Store::readLegacyKeys(jwks::Alg preferred) const {
+std::expected<std::vector<LegacyKey>, std::string> Store::readLegacyKeys(jwks::Alg preferred) const {
   std::vector<LegacyKey> out;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir_, ec)) {
@@ -205,6 +175,53 @@ std::expected<std::vector<Store::LegacyKey>, std::string> Store::readLegacyKeys(
     return std::unexpected(dir_.string() + ": " + ec.message());
   }
   std::ranges::sort(out, std::greater<>(), &LegacyKey::modified);
+  return out;
+}
+
+StoredPrivateKey::~StoredPrivateKey() { OPENSSL_cleanse(data.data(), data.size()); }
+
+std::expected<std::shared_ptr<const SigningKey>, std::string> openPrivateKey(const StoredPrivateKey& stored,
+                                                                            const std::string& kid, jwks::Alg alg,
+                                                                            const std::string& kek,
+                                                                            const std::string& where) {
+  Wiped pem;
+  if (stored.sealed) {
+    if (kek.empty()) {
+      return std::unexpected(where +
+                             ": encrypted at rest, but no key-encryption key is configured (keyring.kek_file or "
+                             "keyring.kek_credential)");
+    }
+    auto opened = sealed::open(stored.data, kek, kid);
+    if (!opened) {
+      return std::unexpected(where + ": " + opened.error());
+    }
+    pem.text = std::move(*opened);
+  } else {
+    if (sealed::isSealed(stored.data)) {
+      return std::unexpected(where + ": holds an encrypted key under a plain-key name");
+    }
+    pem.text = stored.data;
+  }
+  auto key = SigningKey::fromPem(pem.text, alg);
+  if (!key) {
+    return std::unexpected(where + ": " + key.error());
+  }
+  // Why: the name is only a name; the key inside must be the one the records (and the JWKS) describe.
+  if (key->kid() != kid) {
+    return std::unexpected(where + ": holds a different key (thumbprint " + key->kid() + ")");
+  }
+  return std::make_shared<const SigningKey>(std::move(*key));
+}
+
+StoredPrivateKey storedForm(const SigningKey& key, const std::string& kek) {
+  const Wiped pem{key.privatePem()};
+  StoredPrivateKey out;
+  if (kek.empty()) {
+    out.data = pem.text;
+    return out;
+  }
+  out.data = sealed::seal(pem.text, kek, key.kid());
+  out.sealed = true;
   return out;
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "smartbroker/keyring/keyring.hpp"
+#include "smartbroker/keyring/keyring_storage.hpp"
 #include "smartbroker/keyring/lifecycle.hpp"
 #include "smartbroker/keyring/signing_key.hpp"
 #include "storage.hpp"
@@ -37,18 +38,13 @@ class Store {
   std::expected<std::optional<RingState>, std::string> readState() const;
   std::expected<void, std::string> writeState(const RingState& state) const;
 
-  /// Writes a private key (sealed when `kek` is set) atomically with mode 0600.
-  std::expected<void, std::string> writePrivateKey(const SigningKey& key, const std::string& kek) const;
-
-  struct Loaded {
-    std::shared_ptr<const SigningKey> key;
-    bool plain = false;  ///< stored as plain PEM (to be sealed when a KEK is configured)
-  };
-  /// Loads the private key of `kid`: checks the file is private, opens it with `kek` when sealed, parses it for
-  /// `alg` and checks that its thumbprint is `kid`. Sealed without a configured KEK, a wrong KEK, a missing file:
-  /// each a clear error.
-  std::expected<Loaded, std::string> readPrivateKey(const std::string& kid, jwks::Alg alg,
-                                                    const std::string& kek) const;
+  /// Writes a private key as stored (`<kid>.pem.sealed` when sealed, `<kid>.pem` otherwise) atomically, mode 0600.
+  std::expected<void, std::string> writePrivateKey(const std::string& kid, const StoredPrivateKey& key) const;
+  /// The stored private key of `kid` (the sealed file when both exist), after checking that the file is private;
+  /// nullopt when there is none.
+  std::expected<std::optional<StoredPrivateKey>, std::string> readPrivateKey(const std::string& kid) const;
+  /// The file the private key of `kid` is in (the sealed one when it exists).
+  std::filesystem::path keyPath(const std::string& kid) const;
   /// Checks that the private key file of `kid` is still private (for keys already loaded).
   std::expected<void, std::string> checkPrivateKey(const std::string& kid) const;
 
@@ -57,15 +53,21 @@ class Store {
   std::expected<void, std::string> removeStaleFiles(const RingState& state) const;
 
   /// The `<kid>.pem` files of the earlier layout (no state file), newest first.
-  struct LegacyKey {
-    std::shared_ptr<const SigningKey> key;
-    std::int64_t modified = 0;
-  };
   std::expected<std::vector<LegacyKey>, std::string> readLegacyKeys(jwks::Alg preferred) const;
 
  private:
   std::filesystem::path dir_;
 };
+
+/// Opens a stored private key: unseals it with `kek` (refused without one, or with the wrong one), parses it for
+/// `alg` and checks that its thumbprint is `kid`. `where` names it in messages. A plain key that carries the sealed
+/// magic is refused (a sealed key under a plain name).
+std::expected<std::shared_ptr<const SigningKey>, std::string> openPrivateKey(const StoredPrivateKey& stored,
+                                                                            const std::string& kid, jwks::Alg alg,
+                                                                            const std::string& kek,
+                                                                            const std::string& where);
+/// The private key of `key` as it is stored: sealed under `kek`, or its PEM when `kek` is empty.
+StoredPrivateKey storedForm(const SigningKey& key, const std::string& kek);
 
 /// The KeySet a broker serves for `state`: every published key, the active one signing. `privateKeys` holds the
 /// loaded private key of at least the active record.

@@ -2,9 +2,9 @@
 //
 // Needs SMARTBROKER_TEST_PG (scripts/test starts a private cluster and sets it); without it each case passes after
 // printing why it did not run. Each case creates its own database. Both instances share one public_base_url (as
-// behind a load balancer) and one keyring directory (the keyring is still file-based: README "Running several
-// instances"). The outage case starts a cluster of its own so that stopping it disturbs no other case. The consent
-// case uses tests/e2e/fhir_server.mjs as the consent platform's notification receiver.
+// behind a load balancer) and the keyring in that database (one key-encryption key file; no keys directory is
+// shared: postgres_keyring_e2e_tests.cpp). The outage case starts a cluster of its own so that stopping it disturbs
+// no other case. The consent case uses tests/e2e/fhir_server.mjs as the consent platform's notification receiver.
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -26,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -96,7 +97,15 @@ class Database {
   std::string name_;
 };
 
-/// Two brokers on two ports: one database, one public base URL, one keyring directory. `topLevel` is YAML placed
+/// A key-encryption key file in `dir` (mode 0600): with storage postgresql the keyring requires one.
+std::string writeKek(const std::string& dir) {
+  const std::string path = dir + "/keyring.kek";
+  std::ofstream(path) << std::string(64, 'a') << "\n";
+  fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+  return path;
+}
+
+/// Two brokers on two ports: one database (and the keyring in it), one public base URL. `topLevel` is YAML placed
 /// after the server section (e.g. `consent:`); `systems` replaces the standard test systems when not empty.
 struct Pair {
   std::unique_ptr<Database> db;
@@ -104,6 +113,7 @@ struct Pair {
   std::string dirB;
   std::string topLevel;
   std::string systems;
+  std::string kek;
   std::unique_ptr<Broker> a;
   std::unique_ptr<Broker> b;
 
@@ -112,9 +122,7 @@ struct Pair {
     db = std::make_unique<Database>(adminConnection);
     dirA = makeTempDir();
     dirB = makeTempDir();
-    fs::create_directory(dirA + "/state");
-    fs::permissions(dirA + "/state", fs::perms::owner_all);
-    fs::create_directory_symlink(dirA + "/state", dirB + "/state");
+    kek = writeKek(dirA);
     a = std::make_unique<Broker>(options(dirA), kBase);
     b = std::make_unique<Broker>(options(dirB), kBase);
   }
@@ -132,7 +140,7 @@ struct Pair {
     Broker::Options o;
     o.state_dir = dir;
     o.server_extra = "  storage: postgresql\n  postgresql:\n    connection: \"" + db->connection() +
-                     "\"\n    pool_size: 4\n" + topLevel;
+                     "\"\n    pool_size: 4\nkeyring:\n  kek_file: " + kek + "\n" + topLevel;
     o.systems = systems;
     return o;
   }
@@ -502,7 +510,8 @@ BOOST_AUTO_TEST_CASE(answers_503_while_the_database_is_down_and_recovers_without
   {
     Broker::Options o;
     o.server_extra = "  storage: postgresql\n  postgresql:\n    connection: \"host=127.0.0.1 port=" +
-                     std::to_string(port) + " dbname=postgres user=smartbroker\"\n";
+                     std::to_string(port) + " dbname=postgres user=smartbroker\"\nkeyring:\n  kek_file: " +
+                     writeKek(dir) + "\n";
     Broker broker(o);
     BOOST_TEST(broker.post("/token", tokenForm(assertion("rs384-client", broker.tokenUrl()))).status == 200);
     // A bearer caller and a token to ask about, obtained while the database is up.

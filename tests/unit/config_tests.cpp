@@ -890,6 +890,9 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(storage_config)
 
+/// With storage postgresql a key-encryption key is required; these cases are about other problems.
+const std::string kKek = "keyring: {kek_credential: keyring-kek}\n";
+
 BOOST_AUTO_TEST_CASE(defaults_to_sqlite) {
   const Config config = parsed(kMinimalServer);
   BOOST_TEST((config.server.storage == smartbroker::config::Server::Storage::Sqlite));
@@ -903,6 +906,8 @@ BOOST_AUTO_TEST_CASE(loads_postgresql_storage_with_its_connection_and_pool_size)
   postgresql:
     connection: "host=127.0.0.1 port=5433 dbname=broker user=broker"
     pool_size: 4
+keyring:
+  kek_credential: keyring-kek
 )");
   BOOST_TEST((config.server.storage == smartbroker::config::Server::Storage::Postgresql));
   BOOST_TEST(config.server.postgresql.connection == "host=127.0.0.1 port=5433 dbname=broker user=broker");
@@ -940,16 +945,29 @@ BOOST_AUTO_TEST_CASE(refuses_a_statement_timeout_that_is_zero_too_long_or_not_wh
 }
 
 BOOST_AUTO_TEST_CASE(refuses_postgresql_storage_without_a_connection_string) {
-  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n") ==
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n" + kKek) ==
                  (std::vector<std::string>{"t.yaml:5: server.postgresql: missing: storage postgresql needs "
                                            "postgresql.connection"}),
              boost::test_tools::per_element());
-  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n  postgresql: {pool_size: 4}\n") ==
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n  postgresql: {pool_size: 4}\n" + kKek) ==
                  (std::vector<std::string>{"t.yaml:6: server.postgresql.connection: missing required key"}),
              boost::test_tools::per_element());
-  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n  postgresql: {connection: \"\"}\n") ==
+  BOOST_TEST(problemsOf(kMinimalServer + "  storage: postgresql\n  postgresql: {connection: \"\"}\n" + kKek) ==
                  (std::vector<std::string>{"t.yaml:6: server.postgresql.connection: must not be empty"}),
              boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(refuses_postgresql_storage_without_a_key_encryption_key) {
+  const std::string pg = kMinimalServer + "  storage: postgresql\n  postgresql: {connection: \"host=x\"}\n";
+  const std::string expected =
+      "keyring: storage postgresql keeps the signing keys in the database, sealed: set keyring.kek_file or "
+      "keyring.kek_credential (the same key-encryption key on every instance)";
+  BOOST_TEST(problemsOf(pg) == (std::vector<std::string>{"t.yaml:5: " + expected}), boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(pg + "keyring:\n  lead_time: 60\n") == (std::vector<std::string>{"t.yaml:7: " + expected}),
+             boost::test_tools::per_element());
+  BOOST_TEST(problemsOf(pg + "keyring:\n  kek_file: /etc/smart-broker/keyring.kek\n").empty());
+  // SQLite keeps keys on the machine, where a KEK stays optional.
+  BOOST_TEST(problemsOf(kMinimalServer).empty());
 }
 
 BOOST_AUTO_TEST_CASE(refuses_unknown_storage_and_bad_pool_sizes) {

@@ -252,6 +252,24 @@ BOOST_AUTO_TEST_CASE(exactly_one_key_is_active_and_none_signs_before_its_lead_ti
   BOOST_TEST(std::ranges::count_if(s.keys, &kr::KeyRecord::published) <= 3);
 }
 
+BOOST_AUTO_TEST_CASE(a_shared_keyring_stages_and_activates_with_the_propagation_delay_and_keeps_the_schedule) {
+  FakeMint mint;
+  kr::Policy p = smallPolicy();
+  p.propagation_delay = kr::kSharedPropagationDelay;
+  kr::RingState s = startedRing(p, mint);
+  // Staged lead + 1 + delay before the period ends, so that it still takes over on time.
+  BOOST_TEST(!hasEvent(tickAt(s, p, kT0 + 100 - 20 - 1 - 3, mint), "key_created"));
+  BOOST_TEST(hasEvent(tickAt(s, p, kT0 + 100 - 20 - 1 - 2, mint), "key_created"));
+  const kr::KeyRecord& staged = key(s, "kid-2");
+  BOOST_TEST(kr::readyAt(staged, p).value_or(0) == kT0 + 77 + 20 + 1 + 2);
+  // Never before every instance has served it for the whole lead time.
+  BOOST_TEST(!hasEvent(tickAt(s, p, kT0 + 99, mint), "key_activated"));
+  BOOST_TEST(hasEvent(tickAt(s, p, kT0 + 100, mint), "key_activated"));
+  kr::Policy negative = smallPolicy();
+  negative.propagation_delay = -1;
+  BOOST_TEST(negative.problem().value_or("").find("propagation delay") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(a_pending_key_never_activates_before_the_lead_time_even_when_asked_to_as_soon_as_safe) {
   const kr::Policy p = smallPolicy();
   FakeMint mint;

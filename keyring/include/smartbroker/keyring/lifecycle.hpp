@@ -71,6 +71,10 @@ struct Policy {
   std::int64_t max_token_lifetime = 300;      ///< longest access token the broker issues
   std::int64_t clock_skew = 30;               ///< resource servers' tolerance on exp
   std::int64_t retirement_grace = 3600;       ///< extra time a retired key stays published
+  /// How much later than the instance that published a key the other instances may start serving it: 0 with one
+  /// instance; kSharedPropagationDelay when several share a keyring (each follows within a tick). A key signs only
+  /// once every instance's JWKS has had it for the whole lead time.
+  std::int64_t propagation_delay = 0;
 
   /// How long a retired key stays published after its last possible signature: max token lifetime + skew +
   /// grace + the propagation margin (every broker picks up a change within a tick, and signs with the old key
@@ -82,9 +86,13 @@ struct Policy {
 
 /// The propagation margin: how long after a change on disk a running broker may still act on the old state.
 inline constexpr std::int64_t kPropagationMargin = 2;
+/// Policy::propagation_delay of a keyring shared by several instances (PostgreSQL): one tick to notice a change
+/// plus a tick's own duration, rounded up.
+inline constexpr std::int64_t kSharedPropagationDelay = 2;
 
-/// The earliest second at which a pending key may sign: strictly more than `lead_time` after it was first
-/// published (the published time is truncated to whole seconds). nullopt while no broker has published it.
+/// The earliest second at which a pending key may sign: strictly more than `lead_time` (plus the propagation delay)
+/// after it was first published (the published time is truncated to whole seconds). nullopt while no broker has
+/// published it.
 std::optional<std::int64_t> readyAt(const KeyRecord& key, const Policy& policy);
 /// When a pending key will actually activate: readyAt, but not before its scheduled activate_after.
 std::optional<std::int64_t> activationAt(const KeyRecord& key, const Policy& policy);

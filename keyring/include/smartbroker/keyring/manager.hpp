@@ -1,4 +1,4 @@
-// The keyring on disk: the broker's KeyringManager (policy ticks, snapshots) and the operator's KeyringAdmin.
+// The broker's KeyringManager (policy ticks, snapshots) and the operator's KeyringAdmin, on any KeyringStorage.
 #pragma once
 
 #include <chrono>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "smartbroker/keyring/keyring.hpp"
+#include "smartbroker/keyring/keyring_storage.hpp"
 #include "smartbroker/keyring/lifecycle.hpp"
 
 namespace smartbroker::keyring {
@@ -25,11 +26,21 @@ using NowFn = std::function<std::int64_t()>;
 ///   <kid>.pem.sealed      the same sealed with AES-256-GCM under the key-encryption key (0600)
 ///   .lock                 flock(2): every change to the keyring holds it exclusively
 ///   .broker               flock(2): held shared by every running broker, so commands can tell one is running
+///
+/// Another storage (PostgreSQL, shared by several instances) keeps the same records and the sealed private keys; the
+/// lifecycle is the same code on both.
 struct KeyringOptions {
   std::string state_directory;
   Policy policy;
   std::string kek;  ///< 32 bytes: private keys are sealed with it; empty: stored as PEM (still 0600)
   NowFn now;        ///< defaults to the system clock
+  /// Where the keyring lives; null: the files under `state_directory`. A storage that requires sealing refuses to
+  /// open without a key-encryption key.
+  std::shared_ptr<KeyringStorage> storage;
+  /// A keyring to adopt, once, when `storage` is empty: the file keyring a single instance kept (keys and records,
+  /// re-sealed with `kek`). Ignored, with a warning at start, once `storage` holds a keyring.
+  std::shared_ptr<KeyringStorage> import_from;
+  std::string instance;  ///< names this broker in the storage (PostgreSQL: heartbeat, last writer); host:pid
 };
 
 /// Reads a key-encryption key: exactly 32 bytes (`openssl rand -out FILE 32`), or 64 hexadecimal characters with an
@@ -60,8 +71,10 @@ class KeyringManager {
     std::vector<Event> events;
     std::optional<std::string> error;          ///< reported once per distinct problem; the last snapshot stays
   };
-  /// Applies the policy at now() and picks up changes that `smart-broker keys` made on disk. Waits at most 250 ms
-  /// for the lock: when an operator command holds it longer, this tick does nothing (and says so after 30 such).
+  /// Applies the policy at now() and picks up changes that `smart-broker keys` or other instances made. Waits at most
+  /// 250 ms for the exclusive lock; when another process holds it longer, this tick only follows what that process
+  /// has committed (where the storage allows a read meanwhile: PostgreSQL) and says so after 30 such ticks in a row.
+  /// When the storage does not answer, the last snapshot stays and the next tick tries again.
   Tick tick();
   /// Calls tick() every `interval` until `stop` is requested, handing each result to `onTick`.
   void run(const std::stop_token& stop, const std::function<void(const Tick&)>& onTick,
@@ -84,8 +97,14 @@ class KeyringAdmin {
   static std::expected<KeyringAdmin, std::string> open(
       const std::string& stateDirectory, Policy policy, NowFn now = {},
       std::chrono::milliseconds lockTimeout = std::chrono::seconds(10));
+  /// The same on any storage; refuses when no broker has created the keyring there yet.
+  static std::expected<KeyringAdmin, std::string> open(
+      std::shared_ptr<KeyringStorage> storage, Policy policy, NowFn now = {},
+      std::chrono::milliseconds lockTimeout = std::chrono::seconds(10));
 
   const Policy& policy() const { return policy_; }
+  /// Where the keyring is (a directory, or the database), for output.
+  std::string location() const { return storage_->location(); }
   std::int64_t now() const { return now_(); }
   std::expected<RingState, std::string> read() const;
   /// True while at least one smart-broker process has this keyring open.
@@ -101,11 +120,12 @@ class KeyringAdmin {
                                                 std::chrono::milliseconds timeout) const;
 
  private:
-  KeyringAdmin(std::string keysDir, Policy policy, NowFn now, std::chrono::milliseconds lockTimeout);
+  KeyringAdmin(std::shared_ptr<KeyringStorage> storage, Policy policy, NowFn now,
+               std::chrono::milliseconds lockTimeout);
   std::expected<CommandOutcome, std::string> change(
       const std::function<std::expected<CommandOutcome, std::string>(RingState&, std::int64_t)>& edit);
 
-  std::string keys_dir_;
+  std::shared_ptr<KeyringStorage> storage_;
   Policy policy_;
   NowFn now_;
   std::chrono::milliseconds lock_timeout_;
