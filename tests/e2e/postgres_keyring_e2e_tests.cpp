@@ -64,28 +64,9 @@ void sh(const std::string& command) {
   }
 }
 
-struct Run {
-  int status = -1;
-  std::string output;
-};
-
-Run run(const std::string& command) {
-  Run out;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  BOOST_REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buf{};
-  std::size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) {
-    out.output.append(buf.data(), n);
-  }
-  const int status = ::pclose(pipe);
-  out.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
 /// `smart-broker keys ARGS --config <the broker's config>`.
 Run keys(const Broker& b, const std::string& args) {
-  return run(std::string(SMARTBROKER_BINARY) + " keys " + args + " --config " + b.configPath());
+  return runBroker("keys " + args + " --config " + b.configPath());
 }
 
 /// A temporary directory, removed at the end.
@@ -125,7 +106,7 @@ class Database {
   std::string connection() const { return admin_ + " dbname=" + name_; }
   /// One value from psql (unaligned, tuples only).
   std::string query(const std::string& sql) const {
-    const Run r = run("psql -qAt '" + connection() + "' -c \"" + sql + "\"");
+    const Run r = runCommand("psql -qAt '" + connection() + "' -c \"" + sql + "\"");
     BOOST_REQUIRE_MESSAGE(r.status == 0, r.output);
     return r.output;
   }
