@@ -39,7 +39,7 @@ constexpr const char* kUsage = R"(usage:
        | --get PATH [--expect TEXT])                                 the same GET again and again
       [--duration S=10] [--warmup S=2] [--concurrency C=32] [--threads T=1] [--rate R=0 (closed loop)]
       [--requests N|auto] [--max-requests N=400000] [--gen-threads G=all cores] [--cpu N]
-      [--server-pid PID] [--ceiling LABEL=RATE]...
+      [--server-pid PID] [--db-pid POSTMASTER_PID] [--ceiling LABEL=RATE]...
       [--sign pre|live]   pre: sign every assertion before the phase (default); live: a signer thread on the
                           generator's core signs while the load runs (no pool limit, no 300 s expiry limit)
       [--stop-after N]    end the timed phase after N successes (--duration stays a cap)
@@ -153,6 +153,41 @@ ProcSample sample(long pid) {
   }
   s.ok = true;
   return s;
+}
+
+/// CPU seconds of a process tree one level deep, e.g. a PostgreSQL postmaster: its own utime+stime, the
+/// cutime+cstime of the children it has reaped, and the utime+stime of those still running. -1 if absent.
+double treeCpuSeconds(long pid) {
+  if (pid <= 0) {
+    return -1;
+  }
+  const auto fields = [](long p) {
+    const std::string text = readSmallFile("/proc/" + std::to_string(p) + "/stat");
+    std::vector<std::string> f;
+    const std::size_t paren = text.rfind(')');
+    if (paren != std::string::npos) {
+      std::istringstream in(text.substr(paren + 2));
+      for (std::string field; in >> field;) {
+        f.push_back(field);
+      }
+    }
+    return f;
+  };
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const std::vector<std::string> own = fields(pid);
+  if (own.size() < 15) {
+    return -1;
+  }
+  double ticks = std::stod(own[11]) + std::stod(own[12]) + std::stod(own[13]) + std::stod(own[14]);
+  std::istringstream children(readSmallFile("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                                            "/children"));
+  for (long child = 0; children >> child;) {
+    const std::vector<std::string> f = fields(child);
+    if (f.size() >= 13) {
+      ticks += std::stod(f[11]) + std::stod(f[12]);
+    }
+  }
+  return ticks / tick;
 }
 
 /// Whole-machine CPU from the first line of /proc/stat, in seconds: busy (not idle/iowait) and steal.
@@ -280,6 +315,7 @@ int load(const Args& args) {
   const unsigned genThreads = static_cast<unsigned>(args.number("gen-threads", cores));
   const std::optional<int> cpu = args.get("cpu") ? std::optional(std::stoi(*args.get("cpu"))) : std::nullopt;
   const long serverPid = std::stol(args.get("server-pid", "0"));
+  const long dbPid = std::stol(args.get("db-pid", "0"));  // a PostgreSQL postmaster on this machine
 
   bench::PhaseOptions timed;
   timed.seconds = args.number("duration", 10);
@@ -314,8 +350,10 @@ int load(const Args& args) {
       throw std::invalid_argument("token scenarios need --key and --client-id");
     }
   }
+  // (An introspection scenario has no --get: its path must not come from the empty optional.)
   std::printf("== scenario %s: %s %s%s, concurrency %u, %u epoll thread(s), %s\n", scenario.c_str(),
-              token ? "POST" : "GET", url.text.c_str(), token ? "/token" : get->c_str(), timed.concurrency,
+              get ? "GET" : "POST", url.text.c_str(), token ? "/token" : get ? get->c_str() : "/introspect",
+              timed.concurrency,
               timed.threads,
               timed.rate > 0 ? ("paced at " + std::to_string(static_cast<long>(timed.rate)) + " req/s").c_str()
                              : "closed loop");
@@ -449,6 +487,7 @@ int load(const Args& args) {
   }
   const bench::LiveQueue::Stats liveBefore = liveQueue ? liveQueue->stats() : bench::LiveQueue::Stats{};
   const ProcSample before = sample(serverPid);
+  const double dbBefore = treeCpuSeconds(dbPid);
   const MachineSample machineBefore = machine();
   if (sampleEvery > 0) {
     samples.push_back({0, 0, before.rss_mib, before.hwm_mib});
@@ -458,6 +497,7 @@ int load(const Args& args) {
   bench::RequestPool pool = liveQueue ? bench::RequestPool(*liveQueue) : bench::RequestPool(requests, repeat);
   const bench::PhaseResult r = bench::runPhase(target, pool, timed);
   const ProcSample after = sample(serverPid);
+  const double dbAfter = treeCpuSeconds(dbPid);
   const MachineSample machineAfter = machine();
   const bench::LiveQueue::Stats liveAfter = liveQueue ? liveQueue->stats() : bench::LiveQueue::Stats{};
 
@@ -491,15 +531,24 @@ int load(const Args& args) {
   } else {
     std::printf("    server CPU      n/a (no --server-pid)\n");
   }
+  double dbCpu = -1;
+  if (dbBefore >= 0 && dbAfter >= 0) {
+    dbCpu = 100.0 * (dbAfter - dbBefore) / r.elapsed;
+    std::printf("    database CPU    %.0f%% of one core (PostgreSQL postmaster %ld and its backends)\n", dbCpu, dbPid);
+  }
   // Other processes on this machine (builds, tests) compete for the same cores: show how much.
   const double otherCpu = 100.0 *
                           (machineAfter.busy - machineBefore.busy - r.cpu_seconds -
-                           (serverCpu >= 0 ? after.cpu_seconds - before.cpu_seconds : 0)) /
+                           (serverCpu >= 0 ? after.cpu_seconds - before.cpu_seconds : 0) -
+                           (dbCpu >= 0 ? dbAfter - dbBefore : 0)) /
                           r.elapsed;
   const double stealCpu = 100.0 * (machineAfter.steal - machineBefore.steal) / r.elapsed;
   std::printf("    other load      %.0f%% of one core by other processes%s, steal %.0f%%\n", std::max(0.0, otherCpu),
               serverCpu >= 0 ? "" : " and the server", stealCpu);
   std::string extra;
+  if (dbCpu >= 0) {
+    extra += " db_cpu_pct=" + std::to_string(static_cast<long>(std::lround(dbCpu)));
+  }
   if (liveQueue) {
     const double signerCpu = 100.0 * (liveAfter.signer_cpu_seconds - liveBefore.signer_cpu_seconds) / r.elapsed;
     const double waited = liveAfter.wait_seconds - liveBefore.wait_seconds;
