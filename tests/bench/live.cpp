@@ -6,6 +6,7 @@
 #include <openssl/ec.h>
 
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <stdexcept>
 #include <utility>
@@ -104,7 +105,16 @@ void LiveQueue::run() {
   std::uint64_t n = 0;
   std::string request;
   for (;;) {
-    signer_.make(n++, request);
+    try {
+      signer_.make(n++, request);
+    } catch (const std::exception& e) {
+      // Consumers then see a spent pool and the phase ends early ("exhausted"), with the cause on stderr.
+      std::fprintf(stderr, "smartbroker-bench: live signer stopped: %s\n", e.what());
+      const std::lock_guard lock(mutex_);
+      stop_ = true;
+      ready_.notify_all();
+      return;
+    }
     std::unique_lock lock(mutex_);
     if (queue_.size() >= capacity_) {
       signer_waiting_ = true;
