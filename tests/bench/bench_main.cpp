@@ -5,12 +5,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "crypto.hpp"
+#include "live.hpp"
 #include "load.hpp"
 #include "tokens.hpp"
 
@@ -36,7 +39,14 @@ constexpr const char* kUsage = R"(usage:
        | --get PATH [--expect TEXT])                                 the same GET again and again
       [--duration S=10] [--warmup S=2] [--concurrency C=32] [--threads T=1] [--rate R=0 (closed loop)]
       [--requests N|auto] [--max-requests N=400000] [--gen-threads G=all cores] [--cpu N]
-      [--server-pid PID] [--ceiling LABEL=RATE]...
+      [--server-pid PID] [--db-pid POSTMASTER_PID] [--ceiling LABEL=RATE]...
+      [--sign pre|live]   pre: sign every assertion before the phase (default); live: a signer thread on the
+                          generator's core signs while the load runs (no pool limit, no 300 s expiry limit)
+      [--stop-after N]    end the timed phase after N successes (--duration stays a cap)
+      [--sample-every S]  sample the server's RSS/VmHWM every S seconds of the timed phase; prints the
+                          samples and their least-squares slope
+  smartbroker-bench client-algs [--seconds S] [--cpu N] [--key PEM]...
+      single-core sign (generator side) and verify (server side) rate of each key's JWS algorithm
   smartbroker-bench free-port          print a loopback TCP port that was free a moment ago
 )";
 
@@ -145,6 +155,41 @@ ProcSample sample(long pid) {
   return s;
 }
 
+/// CPU seconds of a process tree one level deep, e.g. a PostgreSQL postmaster: its own utime+stime, the
+/// cutime+cstime of the children it has reaped, and the utime+stime of those still running. -1 if absent.
+double treeCpuSeconds(long pid) {
+  if (pid <= 0) {
+    return -1;
+  }
+  const auto fields = [](long p) {
+    const std::string text = readSmallFile("/proc/" + std::to_string(p) + "/stat");
+    std::vector<std::string> f;
+    const std::size_t paren = text.rfind(')');
+    if (paren != std::string::npos) {
+      std::istringstream in(text.substr(paren + 2));
+      for (std::string field; in >> field;) {
+        f.push_back(field);
+      }
+    }
+    return f;
+  };
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const std::vector<std::string> own = fields(pid);
+  if (own.size() < 15) {
+    return -1;
+  }
+  double ticks = std::stod(own[11]) + std::stod(own[12]) + std::stod(own[13]) + std::stod(own[14]);
+  std::istringstream children(readSmallFile("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                                            "/children"));
+  for (long child = 0; children >> child;) {
+    const std::vector<std::string> f = fields(child);
+    if (f.size() >= 13) {
+      ticks += std::stod(f[11]) + std::stod(f[12]);
+    }
+  }
+  return ticks / tick;
+}
+
 /// Whole-machine CPU from the first line of /proc/stat, in seconds: busy (not idle/iowait) and steal.
 struct MachineSample {
   double busy = 0;
@@ -184,6 +229,26 @@ int crypto(const Args& args) {
   std::printf("CRYPTO rs384_verify=%.0f es384_verify=%.0f es256_sign=%.0f rs384_sign=%.0f es384_sign=%.0f "
               "ceiling_rs384=%.0f ceiling_es384=%.0f\n",
               r.rs384_verify, r.es384_verify, r.es256_sign, r.rs384_sign, r.es384_sign, rsCeiling, esCeiling);
+  return 0;
+}
+
+int clientAlgs(const Args& args) {
+  const std::string data = args.get("data", SMARTBROKER_BENCH_TEST_DATA);
+  if (const auto cpu = args.get("cpu")) {
+    pinTo(std::stoi(*cpu));
+  }
+  const double seconds = args.number("seconds", 1.0);
+  std::vector<std::string> keys = args.values.count("key") != 0 ? args.values.at("key") : std::vector<std::string>{};
+  if (keys.empty()) {
+    keys = {data + "/keys/es256-client.pem", data + "/keys/rs384-client.pem", data + "/keys/es384-client.pem"};
+  }
+  std::printf("== client algorithms (one core%s): client-side sign, server-side verify, ops/s\n",
+              args.get("cpu") ? (", CPU " + *args.get("cpu")).c_str() : "");
+  for (const std::string& key : keys) {
+    const bench::AlgRates r = bench::measureAlg(key, seconds);
+    std::printf("  %-6s sign %8.0f /s   verify %8.0f /s   (%s)\n", bench::algName(r.alg), r.sign, r.verify, key.c_str());
+    std::printf("CLIENTALG alg=%s sign=%.0f verify=%.0f\n", bench::algName(r.alg), r.sign, r.verify);
+  }
   return 0;
 }
 
@@ -250,6 +315,7 @@ int load(const Args& args) {
   const unsigned genThreads = static_cast<unsigned>(args.number("gen-threads", cores));
   const std::optional<int> cpu = args.get("cpu") ? std::optional(std::stoi(*args.get("cpu"))) : std::nullopt;
   const long serverPid = std::stol(args.get("server-pid", "0"));
+  const long dbPid = std::stol(args.get("db-pid", "0"));  // a PostgreSQL postmaster on this machine
 
   bench::PhaseOptions timed;
   timed.seconds = args.number("duration", 10);
@@ -260,6 +326,12 @@ int load(const Args& args) {
   const double warmup = args.number("warmup", 2);
   const std::string requestsArg = args.get("requests", "auto");
   const auto maxRequests = static_cast<std::size_t>(args.number("max-requests", 400000));
+  const bool live = args.get("sign", "pre") == "live";
+  if (args.get("sign", "pre") != "pre" && !live) {
+    throw std::invalid_argument("--sign must be pre or live");
+  }
+  timed.stop_after = static_cast<std::uint64_t>(args.number("stop-after", 0));
+  const double sampleEvery = args.number("sample-every", 0);
 
   const bench::Target target = bench::resolve(url.host, url.port);
   const std::string hostHeader = url.host + ":" + std::to_string(url.port);
@@ -278,17 +350,20 @@ int load(const Args& args) {
       throw std::invalid_argument("token scenarios need --key and --client-id");
     }
   }
+  // (An introspection scenario has no --get: its path must not come from the empty optional.)
   std::printf("== scenario %s: %s %s%s, concurrency %u, %u epoll thread(s), %s\n", scenario.c_str(),
-              token ? "POST" : "GET", url.text.c_str(), token ? "/token" : get->c_str(), timed.concurrency,
+              get ? "GET" : "POST", url.text.c_str(), token ? "/token" : get ? get->c_str() : "/introspect",
+              timed.concurrency,
               timed.threads,
               timed.rate > 0 ? ("paced at " + std::to_string(static_cast<long>(timed.rate)) + " req/s").c_str()
                              : "closed loop");
   std::string alg = "";
   if (token) {
     const bench::PkeyPtr key = bench::loadPrivateKey(spec.key_file);
-    alg = bench::algName(bench::algForKey(key.get()));
-    std::printf("  client %s, %s assertions signed with TEST-ONLY key %s, aud %s\n", spec.client_id.c_str(),
-                alg.c_str(), spec.key_file.c_str(), spec.audience.c_str());
+    alg = bench::algName(live ? bench::liveAlgForKey(key.get()) : bench::algForKey(key.get()));
+    std::printf("  client %s, %s assertions signed %s with TEST-ONLY key %s, aud %s\n", spec.client_id.c_str(),
+                alg.c_str(), live ? "on the fly (signer thread on the generator's core)" : "before each phase",
+                spec.key_file.c_str(), spec.audience.c_str());
   }
 
   // Pre-made requests. A token request carries a fresh assertion each time (jti is single-use), so every
@@ -310,6 +385,13 @@ int load(const Args& args) {
   };
   if (cpu) {
     pinTo(*cpu);
+  }
+  // Started after pinning: the signer thread inherits the generator's CPU, so signing competes with the
+  // epoll thread exactly as it would inline, and shows in the generator's CPU.
+  std::unique_ptr<bench::LiveQueue> liveQueue;
+  if (token && live) {
+    liveQueue = std::make_unique<bench::LiveQueue>(
+        spec, static_cast<std::size_t>(args.number("live-queue", std::max(1024.0, 32.0 * timed.concurrency))));
   }
 
   std::vector<std::string> requests;
@@ -359,17 +441,19 @@ int load(const Args& args) {
     bench::PhaseOptions probe = timed;
     probe.seconds = warmup > 0 ? warmup : 1.0;
     std::vector<std::string> probeRequests;
-    if (token) {
+    if (token && !live) {
       const double perSecond = alg == "ES384" ? 2000 : 15000;  // generous for today's server, capped below
       probeRequests = generate(std::min(maxRequests, static_cast<std::size_t>(perSecond * probe.seconds)), "warm-up");
     }
-    bench::RequestPool pool(token ? probeRequests : requests, repeat);
+    bench::RequestPool pool = liveQueue ? bench::RequestPool(*liveQueue)
+                                        : bench::RequestPool(token ? probeRequests : requests, repeat);
+    probe.stop_after = 0;
     const bench::PhaseResult r = bench::runPhase(target, pool, probe);
     printPhase("warm-up", r);
     probeRate = static_cast<double>(r.successes + r.failures) / r.elapsed;
   }
 
-  if (token) {
+  if (token && !live) {
     std::size_t count = 0;
     if (requestsArg == "auto") {
       const double expected = timed.rate > 0 ? timed.rate : probeRate;
@@ -381,12 +465,41 @@ int load(const Args& args) {
     requests = generate(count, "timed");
   }
 
+  // RSS samples of the timed phase (t = 0 is its start): the memory targets of issue 3.
+  struct MemorySample {
+    double t;
+    std::uint64_t ok;
+    double rss;
+    double hwm;
+  };
+  std::vector<MemorySample> samples;
+  if (sampleEvery > 0) {
+    timed.sample_every = sampleEvery;
+    timed.on_sample = [&](double t, std::uint64_t ok) {
+      const ProcSample p = sample(serverPid);
+      const double rate = samples.empty() ? static_cast<double>(ok) / t
+                                          : static_cast<double>(ok - samples.back().ok) / (t - samples.back().t);
+      samples.push_back({t, ok, p.rss_mib, p.hwm_mib});
+      std::printf("  sample t=%5.0f s  ok %9llu  (%6.0f /s)  server RSS %6.1f MiB  VmHWM %6.1f MiB\n", t,
+                  static_cast<unsigned long long>(ok), rate, p.rss_mib, p.hwm_mib);
+      std::fflush(stdout);
+    };
+  }
+  const bench::LiveQueue::Stats liveBefore = liveQueue ? liveQueue->stats() : bench::LiveQueue::Stats{};
   const ProcSample before = sample(serverPid);
+  const double dbBefore = treeCpuSeconds(dbPid);
   const MachineSample machineBefore = machine();
-  bench::RequestPool pool(requests, repeat);
+  if (sampleEvery > 0) {
+    samples.push_back({0, 0, before.rss_mib, before.hwm_mib});
+    std::printf("  sample t=%5.0f s  ok %9d  %10s  server RSS %6.1f MiB  VmHWM %6.1f MiB\n", 0.0, 0, "",
+                before.rss_mib, before.hwm_mib);
+  }
+  bench::RequestPool pool = liveQueue ? bench::RequestPool(*liveQueue) : bench::RequestPool(requests, repeat);
   const bench::PhaseResult r = bench::runPhase(target, pool, timed);
   const ProcSample after = sample(serverPid);
+  const double dbAfter = treeCpuSeconds(dbPid);
   const MachineSample machineAfter = machine();
+  const bench::LiveQueue::Stats liveAfter = liveQueue ? liveQueue->stats() : bench::LiveQueue::Stats{};
 
   const double rps = static_cast<double>(r.successes) / r.elapsed;
   std::printf("  timed    %.2f s%s\n", r.elapsed,
@@ -418,14 +531,70 @@ int load(const Args& args) {
   } else {
     std::printf("    server CPU      n/a (no --server-pid)\n");
   }
+  double dbCpu = -1;
+  if (dbBefore >= 0 && dbAfter >= 0) {
+    dbCpu = 100.0 * (dbAfter - dbBefore) / r.elapsed;
+    std::printf("    database CPU    %.0f%% of one core (PostgreSQL postmaster %ld and its backends)\n", dbCpu, dbPid);
+  }
   // Other processes on this machine (builds, tests) compete for the same cores: show how much.
   const double otherCpu = 100.0 *
                           (machineAfter.busy - machineBefore.busy - r.cpu_seconds -
-                           (serverCpu >= 0 ? after.cpu_seconds - before.cpu_seconds : 0)) /
+                           (serverCpu >= 0 ? after.cpu_seconds - before.cpu_seconds : 0) -
+                           (dbCpu >= 0 ? dbAfter - dbBefore : 0)) /
                           r.elapsed;
   const double stealCpu = 100.0 * (machineAfter.steal - machineBefore.steal) / r.elapsed;
   std::printf("    other load      %.0f%% of one core by other processes%s, steal %.0f%%\n", std::max(0.0, otherCpu),
               serverCpu >= 0 ? "" : " and the server", stealCpu);
+  std::string extra;
+  if (dbCpu >= 0) {
+    extra += " db_cpu_pct=" + std::to_string(static_cast<long>(std::lround(dbCpu)));
+  }
+  if (liveQueue) {
+    const double signerCpu = 100.0 * (liveAfter.signer_cpu_seconds - liveBefore.signer_cpu_seconds) / r.elapsed;
+    const double waited = liveAfter.wait_seconds - liveBefore.wait_seconds;
+    const auto waits = static_cast<unsigned long long>(liveAfter.empty_waits - liveBefore.empty_waits);
+    // The epoll threads waited for a signature less than 1% of the phase: the server, not the signer, set the pace.
+    const bool keptUp = waited <= 0.01 * r.elapsed;
+    std::printf("    live signer     %llu %s signed, signer thread %.0f%% of one core (in the generator CPU "
+                "above); %llu empty-queue waits, %.2f s waited: %s\n",
+                static_cast<unsigned long long>(liveAfter.signed_requests - liveBefore.signed_requests), alg.c_str(),
+                signerCpu, waits, waited,
+                keptUp ? "the signer kept ahead (not the bottleneck)" : "THE SIGNER WAS A BOTTLENECK");
+    char text[160];
+    std::snprintf(text, sizeof text, " signer_cpu_pct=%.0f signer_waits=%llu signer_wait_s=%.2f signer_kept_up=%d",
+                  signerCpu, waits, waited, keptUp ? 1 : 0);
+    extra += text;
+  }
+  if (samples.size() >= 2) {
+    // Least-squares slope of RSS over the samples, MiB per minute, and the growth it implies over the window.
+    double st = 0, sr = 0;
+    for (const auto& m : samples) {
+      st += m.t;
+      sr += m.rss;
+    }
+    const double n = static_cast<double>(samples.size());
+    const double mt = st / n, mr = sr / n;
+    double num = 0, den = 0, lo = samples.front().rss, hi = lo;
+    for (const auto& m : samples) {
+      num += (m.t - mt) * (m.rss - mr);
+      den += (m.t - mt) * (m.t - mt);
+      lo = std::min(lo, m.rss);
+      hi = std::max(hi, m.rss);
+    }
+    const double slope = den > 0 ? 60.0 * num / den : 0;  // MiB per minute
+    const double window = samples.back().t - samples.front().t;
+    const double growth = slope * window / 60.0;
+    std::printf("    memory          %zu samples over %.0f s: RSS first %.1f, last %.1f, min %.1f, max %.1f MiB; "
+                "slope %+.3f MiB/min = %+.2f MiB over the window; peak (VmHWM) %.1f MiB after %llu tokens\n",
+                samples.size(), window, samples.front().rss, samples.back().rss, lo, hi, slope, growth,
+                after.hwm_mib, static_cast<unsigned long long>(r.successes));
+    char text[240];
+    std::snprintf(text, sizeof text,
+                  " samples=%zu window_s=%.0f rss_first_mib=%.1f rss_last_mib=%.1f rss_min_mib=%.1f rss_max_mib=%.1f "
+                  "rss_slope_mib_min=%.4f rss_growth_mib=%.3f",
+                  samples.size(), window, samples.front().rss, samples.back().rss, lo, hi, slope, growth);
+    extra += text;
+  }
   std::string ratios;
   for (const std::string& c : args.values.count("ceiling") != 0 ? args.values.at("ceiling") : std::vector<std::string>{}) {
     const std::size_t eq = c.rfind('=');
@@ -436,12 +605,12 @@ int load(const Args& args) {
   }
   std::printf("RESULT scenario=%s rps=%.1f ok=%llu fail=%llu p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f "
               "gen_cpu_pct=%.0f server_cpu_pct=%.0f server_rss_mib=%.1f server_hwm_mib=%.1f requests=%zu "
-              "exhausted=%d other_cpu_pct=%.0f failures=%s%s\n",
+              "exhausted=%d other_cpu_pct=%.0f failures=%s%s%s\n",
               scenario.c_str(), rps, static_cast<unsigned long long>(r.successes),
               static_cast<unsigned long long>(r.failures), ms(r.latency.quantile(0.5)), ms(r.latency.quantile(0.9)),
               ms(r.latency.quantile(0.99)), ms(r.latency.max()), genCpu, serverCpu, after.rss_mib, after.hwm_mib,
-              token ? requests.size() : std::size_t{0}, r.exhausted ? 1 : 0, std::max(0.0, otherCpu), failures.empty() ? "none" : failures.c_str(),
-              ratios.c_str());
+              token ? (liveQueue ? pool.taken() : requests.size()) : std::size_t{0}, r.exhausted ? 1 : 0,
+              std::max(0.0, otherCpu), failures.empty() ? "none" : failures.c_str(), ratios.c_str(), extra.c_str());
   return 0;
 }
 
@@ -470,6 +639,9 @@ int main(int argc, char** argv) {
     }
     if (args.command == "load") {
       return load(args);
+    }
+    if (args.command == "client-algs") {
+      return clientAlgs(args);
     }
     if (args.command == "free-port") {
       return freePort();

@@ -15,6 +15,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "live.hpp"
+
 namespace smartbroker::bench {
 namespace {
 
@@ -71,6 +73,7 @@ bool startsWithIgnoreCase(std::string_view text, std::string_view prefix) {
 struct Connection {
   int fd = -1;
   std::string_view request;
+  std::string owned;  ///< the bytes of a live-signed request (request views them)
   std::size_t sent = 0;
   bool busy = false;
   bool want_out = false;
@@ -93,12 +96,18 @@ struct ThreadResult {
   bool exhausted = false;
 };
 
+/// What the epoll threads of one phase share: successes so far (for --stop-after and samples) and the stop flag.
+struct Shared {
+  std::atomic<std::uint64_t> successes{0};
+  std::atomic<bool> stop{false};
+};
+
 /// One epoll thread driving its share of the connections.
 class Driver {
  public:
   Driver(const Target& target, RequestPool& pool, const PhaseOptions& options, std::vector<int> fds,
-         std::uint64_t startNs, std::uint64_t deadlineNs, double rate)
-      : target_(target), pool_(pool), options_(options), deadline_ns_(deadlineNs),
+         std::uint64_t startNs, std::uint64_t deadlineNs, double rate, Shared& shared)
+      : target_(target), pool_(pool), options_(options), shared_(shared), deadline_ns_(deadlineNs),
         interval_ns_(rate > 0 ? 1e9 / rate : 0), next_due_(static_cast<double>(startNs)) {
     epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
     connections_.resize(fds.size());
@@ -128,7 +137,7 @@ class Driver {
     std::vector<epoll_event> events(256);
     for (;;) {
       const std::uint64_t now = monotonicNs();
-      if (now >= deadline_ns_) {
+      if (now >= deadline_ns_ || shared_.stop.load(std::memory_order_relaxed)) {
         break;
       }
       if (paced()) {
@@ -207,7 +216,7 @@ class Driver {
 
   void issue(std::uint32_t i, std::uint64_t scheduledNs) {
     Connection& c = connections_[i];
-    const std::string_view request = pool_.take();
+    const std::string_view request = pool_.take(c.owned);
     if (request.empty()) {
       result_.exhausted = true;
       retire(i);
@@ -334,6 +343,10 @@ class Driver {
     const std::string_view body(c.in.data() + c.header_end, c.body_length);
     if (c.status == 200 && body.find(options_.expect) != std::string_view::npos) {
       ++result_.successes;
+      const std::uint64_t total = shared_.successes.fetch_add(1, std::memory_order_relaxed) + 1;
+      if (options_.stop_after > 0 && total >= options_.stop_after) {
+        shared_.stop.store(true, std::memory_order_relaxed);
+      }
     } else {
       ++result_.failures;
       ++result_.failure_kinds[c.status == 200    ? "200-without-" + options_.expect
@@ -380,6 +393,7 @@ class Driver {
   const Target& target_;
   RequestPool& pool_;
   const PhaseOptions& options_;
+  Shared& shared_;
   std::uint64_t deadline_ns_;
   double interval_ns_;
   double next_due_;
@@ -391,6 +405,21 @@ class Driver {
 };
 
 }  // namespace
+
+std::string_view RequestPool::take(std::string& scratch) {
+  if (live_ != nullptr) {
+    if (!live_->pop(scratch)) {
+      return {};
+    }
+    next_.fetch_add(1, std::memory_order_relaxed);
+    return scratch;
+  }
+  if (repeat_) {
+    return requests_->front();
+  }
+  const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
+  return i < requests_->size() ? std::string_view((*requests_)[i]) : std::string_view();
+}
 
 Target resolve(const std::string& host, std::uint16_t port) {
   addrinfo hints{};
@@ -428,11 +457,29 @@ PhaseResult runPhase(const Target& target, RequestPool& pool, const PhaseOptions
   const auto deadline = start + static_cast<std::uint64_t>(options.seconds * 1e9);
   std::vector<ThreadResult> results(threads);
   std::vector<std::thread> workers;
+  Shared shared;
+  std::atomic<unsigned> finished{0};
   for (unsigned t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
-      Driver driver(target, pool, options, std::move(fds[t]), start, deadline, options.rate / threads);
+      Driver driver(target, pool, options, std::move(fds[t]), start, deadline, options.rate / threads, shared);
       results[t] = driver.run();
+      finished.fetch_add(1);
     });
+  }
+  // Samples come from this thread, which otherwise only waits: the epoll threads never stop for them.
+  if (options.sample_every > 0 && options.on_sample) {
+    const auto every = static_cast<std::uint64_t>(options.sample_every * 1e9);
+    for (std::uint64_t due = start + every; finished.load() < threads;) {
+      const std::uint64_t now = monotonicNs();
+      if (now >= due) {
+        options.on_sample(static_cast<double>(now - start) / 1e9, shared.successes.load(std::memory_order_relaxed));
+        due += every;
+        continue;
+      }
+      const std::uint64_t nap = std::min<std::uint64_t>(due - now, 100'000'000);
+      timespec ts{static_cast<time_t>(nap / 1'000'000'000), static_cast<long>(nap % 1'000'000'000)};
+      nanosleep(&ts, nullptr);
+    }
   }
   for (auto& w : workers) {
     w.join();

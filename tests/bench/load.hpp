@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -24,25 +25,25 @@ struct Target {
 /// Resolves host:port; throws std::runtime_error.
 Target resolve(const std::string& host, std::uint16_t port);
 
-/// The requests to send. Token scenarios hand out each request once (every assertion is single-use);
-/// static scenarios (GET /jwks.json) send the same bytes again and again.
+class LiveQueue;
+
+/// The requests to send. Token scenarios hand out each request once (every assertion is single-use), from a
+/// pre-made list or, for long runs, from a LiveQueue signing them meanwhile; static scenarios (GET /jwks.json)
+/// send the same bytes again and again.
 class RequestPool {
  public:
-  RequestPool(const std::vector<std::string>& requests, bool repeat) : requests_(requests), repeat_(repeat) {}
+  RequestPool(const std::vector<std::string>& requests, bool repeat) : requests_(&requests), repeat_(repeat) {}
+  explicit RequestPool(LiveQueue& live) : live_(&live) {}
 
-  /// The next request, or an empty view when a single-use pool is spent.
-  std::string_view take() {
-    if (repeat_) {
-      return requests_.front();
-    }
-    const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed);
-    return i < requests_.size() ? std::string_view(requests_[i]) : std::string_view();
-  }
-  std::size_t taken() const { return std::min(next_.load(std::memory_order_relaxed), requests_.size()); }
+  /// The next request, or an empty view when a single-use pool is spent. A live request is moved into
+  /// `scratch` (the caller's buffer, which must outlive the view); pre-made ones are not copied.
+  std::string_view take(std::string& scratch);
+  std::size_t taken() const { return next_.load(std::memory_order_relaxed); }
 
  private:
-  const std::vector<std::string>& requests_;
-  const bool repeat_;
+  const std::vector<std::string>* requests_ = nullptr;
+  LiveQueue* live_ = nullptr;
+  const bool repeat_ = false;
   std::atomic<std::size_t> next_{0};
 };
 
@@ -54,6 +55,9 @@ struct PhaseOptions {
                               ///< > 0 = requests scheduled at this total rate, latency measured from the
                               ///< scheduled time so that a stalled server is not hidden (coordinated omission)
   std::string expect;         ///< a 200 counts as success only if its body contains this
+  std::uint64_t stop_after = 0;  ///< > 0: end the phase once this many successes are in (seconds stays a cap)
+  double sample_every = 0;    ///< > 0: call on_sample from the calling thread at this interval, seconds
+  std::function<void(double elapsed, std::uint64_t successes)> on_sample;
 };
 
 struct PhaseResult {
