@@ -8,6 +8,7 @@
 #include <Poco/Net/HTTPServer.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/HTTPServerResponse.h>
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Net/ServerSocket.h>
@@ -238,6 +239,15 @@ struct HttpServer::Impl {
       response.send();
       return;
     }
+    if (reply.status == 413) {
+      // Flushed now, not when POCO finishes the request: the lingering close that follows must find the
+      // response already on the wire.
+      response.setContentLength64(static_cast<Poco::Int64>(reply.body.size()));
+      std::ostream& out = response.send();
+      out.write(reply.body.data(), static_cast<std::streamsize>(reply.body.size()));
+      out.flush();
+      return;
+    }
     response.sendBuffer(reply.body.data(), reply.body.size());
   }
 };
@@ -258,6 +268,9 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       request.authorization = raw.get("Authorization", "");
       const HttpReply reply = impl_.dispatch(impl_.route(request.path), request, raw);
       impl_.send(reply, request.method, response);
+      if (reply.status == 413) {
+        lingeringClose(raw);
+      }
     } catch (const std::exception& e) {
       // The one catch at the boundary: an unexpected failure is server_error, and the server keeps serving.
       impl_.log.event("internal_error", {{"path", request.path}, {"what", e.what()}});
@@ -268,6 +281,37 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   }
 
  private:
+  /// The 413 was sent (and flushed) with most of the body still unread. Closing a socket whose receive queue is
+  /// not empty makes the kernel send RST, and a client still writing its body can lose the response to it. So
+  /// stop sending (a FIN over TCP; POCO's TLS socket ignores shutdownSend, and the drain alone keeps the queue
+  /// empty), then read and discard what the client still sends, within a bound of bytes and time (the same
+  /// "lingering close" as Apache and nginx), before POCO closes the connection.
+  static void lingeringClose(HTTPServerRequest& raw) {
+    constexpr std::size_t kMaxDrainBytes = 1U << 20;
+    constexpr auto kMaxDrainTime = std::chrono::seconds(2);
+    auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&raw);
+    if (impl == nullptr) {
+      return;
+    }
+    try {
+      Poco::Net::StreamSocket& socket = impl->socket();
+      socket.shutdownSend();
+      socket.setReceiveTimeout(Poco::Timespan(0, 250'000));
+      const auto deadline = std::chrono::steady_clock::now() + kMaxDrainTime;
+      char sink[4096];
+      std::size_t drained = 0;
+      while (drained < kMaxDrainBytes && std::chrono::steady_clock::now() < deadline) {
+        const int n = socket.receiveBytes(sink, sizeof sink);
+        if (n <= 0) {
+          break;
+        }
+        drained += static_cast<std::size_t>(n);
+      }
+    } catch (const Poco::Exception&) {
+      // A timeout or a reset: the client is gone or idle; nothing more to do before the close.
+    }
+  }
+
   const HttpServer::Impl& impl_;
 };
 

@@ -920,6 +920,8 @@ BOOST_AUTO_TEST_CASE(loads_a_postgresql_statement_timeout_in_seconds) {
   postgresql:
     connection: "host=127.0.0.1"
     statement_timeout: 30
+keyring:
+  kek_file: /etc/smart-broker/keyring.kek
 )");
   BOOST_TEST(config.server.postgresql.statement_timeout.count() == 30);
   BOOST_TEST(parsed(kMinimalServer + "  postgresql: {connection: x, statement_timeout: 1}\n")
