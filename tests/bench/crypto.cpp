@@ -240,8 +240,8 @@ CryptoRates measureCrypto(const std::string& rsaKeyFile, const std::string& p384
   const std::string p384Sig = derSign(p384.get(), JwsAlg::ES384, input);
   const std::string p384Raw = derToRaw(p384Sig, ecHalf(JwsAlg::ES384));
 
-  // The broker's verification: the key as jwks builds a registered one (public half only, prepared contexts),
-  // checked by jwks::verifySignature with all its checks; ES384 in the JWS raw R||S form.
+  // The broker's verification: the key as jwks builds a registered one (public half only, prepared contexts,
+  // nettle's P-384 verifier for ES384), checked by jwks::verifySignature with all its checks; ES384 as raw R||S.
   const auto publicKey = [](EVP_PKEY* key, jwks::Alg alg) {
     if (EVP_PKEY_up_ref(key) != 1) {
       fail("EVP_PKEY_up_ref");
@@ -299,8 +299,8 @@ CryptoRates measureCrypto(const std::string& rsaKeyFile, const std::string& p384
   r.es256_sign_per_op_init = rate(secondsEach, [&] { (void)signJws(p256.get(), JwsAlg::ES256, input); });
   r.rs384_sign = rate(secondsEach / 2, [&] { (void)signJws(rsa.get(), JwsAlg::RS384, input); });
   r.es384_sign = rate(secondsEach / 2, [&] { (void)signJws(p384.get(), JwsAlg::ES384, input); });
-  std::printf("== crypto set-up: a context per operation (EVP_Digest*Init each time) vs prepared per key (the broker's "
-              "way, used for the ceiling below)\n");
+  std::printf("== crypto set-up: a context per operation (EVP_Digest*Init each time) vs the broker's way, used for the "
+              "ceiling below (prepared per-key contexts; nettle for ES384 verify)\n");
   std::printf("  RS384 verify %10.0f /s per-op init  %10.0f /s prepared  x%.2f\n", r.rs384_verify_per_op_init,
               r.rs384_verify, r.rs384_verify / r.rs384_verify_per_op_init);
   std::printf("  ES384 verify %10.0f /s per-op init  %10.0f /s prepared  x%.2f\n", r.es384_verify_per_op_init,

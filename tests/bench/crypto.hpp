@@ -44,9 +44,10 @@ std::vector<std::string> makeTokenRequests(const AssertionSpec& spec, std::size_
                                            unsigned threads);
 
 /// Single-core operation rates (ops/s). The three ceiling operations are measured the way the broker does them:
-/// verification through jwks::verifySignature (prepared per-key contexts, every check included) and ES256 signing
-/// with a prepared per-key context as keyring::SigningKey::sign does; the *_per_op_init variants set up a fresh
-/// EVP_DigestVerify/EVP_DigestSign context per operation (what the broker did before), for comparison.
+/// verification through jwks::verifySignature (prepared per-key contexts, nettle for ES384, every check included)
+/// and ES256 signing with a prepared per-key context as keyring::SigningKey::sign does; the *_per_op_init
+/// variants set up a fresh OpenSSL EVP_DigestVerify/EVP_DigestSign context per operation (what the broker did
+/// before), for comparison.
 struct CryptoRates {
   double rs384_verify = 0;  ///< RSA-2048
   double es384_verify = 0;  ///< P-384

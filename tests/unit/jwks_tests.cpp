@@ -4,6 +4,8 @@
 
 #include "smartbroker/jwks/base64url.hpp"
 #include "smartbroker/jwks/jwk.hpp"
+// Internal to jwks, for the nettle P-384 cross-checks against OpenSSL.
+#include "../../jwks/src/prepared.hpp"
 
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
@@ -1071,6 +1073,105 @@ BOOST_AUTO_TEST_CASE(keys_stay_usable_after_the_set_they_came_from_is_gone) {
     survivor = set->set.keys.at(0);
   }
   BOOST_TEST(jw::verifySignature(survivor, jw::Alg::ES384, "h.p", sign(p384().get(), jw::Alg::ES384, "h.p")));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// nettle's P-384 verifier (ES384) must decide exactly as OpenSSL does, on every input class.
+BOOST_AUTO_TEST_SUITE(nettle_p384)
+
+BOOST_AUTO_TEST_CASE(verifies_exactly_what_openssl_verifies_for_random_keys_and_signatures) {
+  const std::string n = curveOrder("P-384", 48);
+  const std::string zero(48, '\0');
+  const std::string ones(48, '\xff');
+  std::string one = zero;
+  one.back() = '\x01';
+  const std::string nMinusOne = subtract(n, one);
+  std::string nPlusOne = n;
+  nPlusOne.back() = static_cast<char>(nPlusOne.back() + 1);  // n ends in ...0x73, no carry
+  int accepted = 0;
+  int compared = 0;
+  for (int k = 0; k < 6; ++k) {
+    const auto key = generateEc("P-384");
+    const std::string point = ecPoint(key.get());
+    const std::string x = point.substr(1, 48);
+    const std::string y = point.substr(49, 48);
+    const auto other = generateEc("P-384");
+    for (int i = 0; i < 10; ++i) {
+      const std::string input = "eyJhbGciOiJFUzM4NCJ9." + std::to_string(k * 1000 + i);
+      const std::string good = sign(key.get(), jw::Alg::ES384, input);
+      const std::string r = good.substr(0, 48);
+      const std::string s = good.substr(48);
+      const std::vector<std::string> candidates{good,
+                                                flipBit(good, static_cast<std::size_t>(i * 9) % 96),
+                                                flipBit(good, 95),
+                                                r + subtract(n, s),  // high-S twin
+                                                zero + s, r + zero, n + s, r + n, nPlusOne + s, r + nPlusOne,
+                                                ones + s, r + ones, one + s, r + one, nMinusOne + s, r + nMinusOne,
+                                                sign(other.get(), jw::Alg::ES384, input)};
+      for (std::size_t c = 0; c < candidates.size(); ++c) {
+        const std::string& sig = candidates[c];
+        const bool zeroPart = sig.substr(0, 48) == zero || sig.substr(48) == zero;
+        const bool reference =
+            !zeroPart && opensslVerifies(key.get(), jw::Alg::ES384, input, rawToDerForReference(sig));
+        const bool viaNettle = jw::detail::nettleP384Verifies(x, y, input, sig);
+        BOOST_TEST(viaNettle == reference, "key " << k << " input " << i << " candidate " << c);
+        accepted += viaNettle ? 1 : 0;
+        ++compared;
+      }
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input + ".", good));
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input, good.substr(0, 95)));
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input, good + '\0'));
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input, ""));
+    }
+  }
+  BOOST_TEST(compared == 6 * 10 * 17);
+  BOOST_TEST(accepted >= 6 * 10 * 2);  // at least the signature and its high-S twin every time
+}
+
+BOOST_AUTO_TEST_CASE(refuses_points_off_the_curve_or_outside_the_field) {
+  const std::string point = ecPoint(p384().get());
+  const std::string x = point.substr(1, 48);
+  const std::string y = point.substr(49, 48);
+  BOOST_TEST(jw::detail::nettleP384Accepts(x, y));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(x, flipBit(y, 0)));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(flipBit(x, 47), y));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(std::string(48, '\0'), std::string(48, '\0')));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(std::string(48, '\xff'), y));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(x.substr(1), y));
+  // A P-256 point is not a P-384 point, whatever the padding.
+  const std::string p256Point = ecPoint(p256().get());
+  BOOST_TEST(!jw::detail::nettleP384Accepts(std::string(16, '\0') + p256Point.substr(1, 32),
+                                            std::string(16, '\0') + p256Point.substr(33, 32)));
+}
+
+BOOST_AUTO_TEST_CASE(es384_keys_verify_through_nettle_and_agree_with_the_openssl_path_from_eight_threads) {
+  const auto key = mustParse(ecJwk(p384().get(), "P-384"));
+  const jw::PublicKey perCall = withoutPrepared(key);
+  std::vector<std::string> inputs;
+  std::vector<std::string> sigs;
+  for (int i = 0; i < 16; ++i) {
+    inputs.push_back("h." + std::to_string(i));
+    const std::string good = sign(p384().get(), jw::Alg::ES384, inputs.back());
+    sigs.push_back(i % 2 == 0 ? good : flipBit(good, static_cast<std::size_t>(i)));
+  }
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (std::size_t i = 0; i < inputs.size(); ++i) {
+        const bool expected = i % 2 == 0;
+        if (jw::verifySignature(key, jw::Alg::ES384, inputs[i], sigs[i]) != expected ||
+            jw::verifySignature(perCall, jw::Alg::ES384, inputs[i], sigs[i]) != expected) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) {
+    th.join();
+  }
+  BOOST_TEST(wrong.load() == 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
