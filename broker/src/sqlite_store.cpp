@@ -5,11 +5,15 @@
 #include <Poco/Data/Statement.h>
 #include <Poco/Exception.h>
 
+#include <linux/futex.h>
 #include <sqlite3.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -139,7 +143,32 @@ enum class Op : std::uint8_t {
   NotificationFailed,
 };
 
-/// One write waiting for the writer thread. Lives on the caller's stack until `done`.
+/// Wakes exactly the one thread waiting for one write. A condition variable shared by all waiters woke every
+/// request thread on every commit (most to go back to sleep, each re-taking the queue mutex); this is one futex
+/// word per request, and the writer never takes the queue mutex to hand results back.
+class Completion {
+ public:
+  /// Blocks until signal(); everything the writer stored before signal() is visible afterwards.
+  void wait() noexcept {
+    while (state_.load(std::memory_order_acquire) == 0) {
+      // Returns at once if state_ is no longer 0; EINTR and spurious wake-ups just loop.
+      syscall(SYS_futex, &state_, FUTEX_WAIT_PRIVATE, 0U, nullptr, nullptr, 0);
+    }
+  }
+  /// The waiter may return, and its Pending (with this object) go out of scope, as soon as the store is seen;
+  /// the wake only names the address and never touches the object, so a late wake is at worst spurious.
+  void signal() noexcept {
+    auto* const address = &state_;
+    state_.store(1, std::memory_order_release);
+    syscall(SYS_futex, address, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  }
+
+ private:
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t), "futex word");
+  std::atomic<std::uint32_t> state_{0};
+};
+
+/// One write waiting for the writer thread. Lives on the caller's stack until `completion` is signalled.
 struct Pending {
   Op op = Op::RecordJti;
   std::string a;   ///< iss / jti / client_id
@@ -151,7 +180,7 @@ struct Pending {
   ConsentChangeResult consentResult;
   JtiOutcome outcome = JtiOutcome::Replayed;
   std::string error;
-  bool done = false;
+  Completion completion;
 };
 
 class SqliteStore final : public StateStore {
@@ -384,8 +413,10 @@ class SqliteStore final : public StateStore {
       return std::unexpected(StoreError{"store is shutting down"});
     }
     queue_.push_back(&p);
+    lock.unlock();
     wake_.notify_one();
-    done_.wait(lock, [&] { return p.done; });
+    // Returns only once the writer has committed (or failed) the transaction holding this write.
+    p.completion.wait();
     if (!p.error.empty()) {
       return std::unexpected(StoreError{p.error});
     }
@@ -495,15 +526,13 @@ class SqliteStore final : public StateStore {
         } catch (const Poco::Exception&) {
         }
       }
-      {
-        std::lock_guard lock(mutex_);
-        for (std::size_t i = 0; i < batch.size(); ++i) {
-          batch[i]->outcome = outcomes[i];
-          batch[i]->error = error;
-          batch[i]->done = true;
-        }
+      // After signal() a Pending may be gone: nothing of it is touched past its own signal.
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        batch[i]->outcome = outcomes[i];
+        batch[i]->error = error;
+        batch[i]->completion.signal();
       }
-      done_.notify_all();
+      batch.clear();
       if (nowSeconds - lastPrune >= options_.prune_interval_seconds) {
         prune(nowSeconds);
         lastPrune = nowSeconds;
@@ -593,7 +622,6 @@ class SqliteStore final : public StateStore {
   std::mutex readerMutex_;
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::condition_variable done_;
   std::deque<Pending*> queue_;
   bool stopping_ = false;
   std::atomic<bool> healthy_{true};

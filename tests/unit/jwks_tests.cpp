@@ -4,6 +4,8 @@
 
 #include "smartbroker/jwks/base64url.hpp"
 #include "smartbroker/jwks/jwk.hpp"
+// Internal to jwks, for the nettle P-384 cross-checks against OpenSSL.
+#include "../../jwks/src/prepared.hpp"
 
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
@@ -905,6 +907,270 @@ BOOST_AUTO_TEST_CASE(gives_correct_results_from_eight_threads_on_one_key) {
     th.join();
   }
   BOOST_TEST(checked.load() == 1600);
+  BOOST_TEST(wrong.load() == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The prepared per-key contexts (verify.cpp) must decide exactly as a context set up per call does. The
+// reference here is the per-call path itself (a PublicKey whose prepared state is dropped) and, independently,
+// OpenSSL's EVP_DigestVerify on the DER form.
+namespace {
+
+/// EVP_DigestVerify over `input` with a DER (ECDSA) or PKCS#1 (RSA) signature: the reference decision.
+bool opensslVerifies(EVP_PKEY* k, jw::Alg alg, std::string_view input, std::string_view sig) {
+  const bool sha256 = alg == jw::Alg::RS256 || alg == jw::Alg::ES256;
+  const MdCtxPtr ctx(EVP_MD_CTX_new());
+  BOOST_REQUIRE(EVP_DigestVerifyInit(ctx.get(), nullptr, sha256 ? EVP_sha256() : EVP_sha384(), nullptr, k) == 1);
+  const int rc = EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                                  reinterpret_cast<const unsigned char*>(input.data()), input.size());
+  ERR_clear_error();
+  return rc == 1;
+}
+
+/// Raw R||S -> DER, so that the OpenSSL reference sees the same (r, s) as verifySignature; empty if r or s is 0
+/// (DER cannot say "no signature" differently, and OpenSSL refuses those anyway).
+std::string rawToDerForReference(std::string_view raw) {
+  const std::size_t half = raw.size() / 2;
+  BnPtr r(BN_bin2bn(reinterpret_cast<const unsigned char*>(raw.data()), static_cast<int>(half), nullptr));
+  BnPtr s(BN_bin2bn(reinterpret_cast<const unsigned char*>(raw.data() + half), static_cast<int>(half), nullptr));
+  const EcdsaSigPtr sig(ECDSA_SIG_new());
+  BOOST_REQUIRE((r && s && sig));
+  BOOST_REQUIRE(ECDSA_SIG_set0(sig.get(), r.get(), s.get()) == 1);
+  static_cast<void>(r.release());
+  static_cast<void>(s.release());
+  unsigned char* out = nullptr;
+  const int len = i2d_ECDSA_SIG(sig.get(), &out);
+  BOOST_REQUIRE(len > 0);
+  std::string der(reinterpret_cast<const char*>(out), static_cast<std::size_t>(len));
+  OPENSSL_free(out);
+  return der;
+}
+
+/// The curve order n, big-endian, `width` bytes.
+std::string curveOrder(const char* curve, int width) {
+  const std::unique_ptr<EC_GROUP, OsslDeleter<&EC_GROUP_free>> group(
+      EC_GROUP_new_by_curve_name(std::string_view(curve) == "P-256" ? NID_X9_62_prime256v1 : NID_secp384r1));
+  BOOST_REQUIRE(group);
+  std::string n(static_cast<std::size_t>(width), '\0');
+  BOOST_REQUIRE(BN_bn2binpad(EC_GROUP_get0_order(group.get()), reinterpret_cast<unsigned char*>(n.data()), width) ==
+                width);
+  return n;
+}
+
+/// Big-endian a - b (a >= b), same width.
+std::string subtract(std::string a, std::string_view b) {
+  int borrow = 0;
+  for (std::size_t i = a.size(); i-- > 0;) {
+    int d = static_cast<unsigned char>(a[i]) - static_cast<unsigned char>(b[i]) - borrow;
+    borrow = d < 0 ? 1 : 0;
+    a[i] = static_cast<char>(d < 0 ? d + 256 : d);
+  }
+  return a;
+}
+
+jw::PublicKey withoutPrepared(jw::PublicKey key) {
+  key.prepared.reset();
+  return key;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(prepared_verification)
+
+BOOST_AUTO_TEST_CASE(every_parsed_or_built_key_has_prepared_state) {
+  BOOST_TEST(mustParse(a2Jwk()).prepared != nullptr);
+  BOOST_TEST(mustParse(a3Jwk()).prepared != nullptr);
+  BOOST_TEST(mustParse(ecJwk(p384().get(), "P-384")).prepared != nullptr);
+  const auto built = jw::publicKeyFromEvp(rsa2048(), jw::Alg::RS384);
+  BOOST_REQUIRE(built.has_value());
+  BOOST_TEST(built->prepared != nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(agrees_with_a_per_call_context_and_with_openssl_on_valid_and_corrupted_signatures) {
+  struct Case {
+    jw::Alg alg;
+    const std::shared_ptr<evp_pkey_st>* key;
+  };
+  const auto rsaKey = generateRsa(2048);
+  const auto p256Key = generateEc("P-256");
+  const auto p384Key = generateEc("P-384");
+  const std::array<Case, 4> cases{{{jw::Alg::RS256, &rsaKey},
+                                   {jw::Alg::RS384, &rsaKey},
+                                   {jw::Alg::ES256, &p256Key},
+                                   {jw::Alg::ES384, &p384Key}}};
+  int compared = 0;
+  for (const Case& c : cases) {
+    const auto built = jw::publicKeyFromEvp(*c.key, std::nullopt);
+    BOOST_REQUIRE(built.has_value());
+    const jw::PublicKey& prepared = *built;
+    BOOST_REQUIRE(prepared.prepared != nullptr);
+    const jw::PublicKey perCall = withoutPrepared(prepared);
+    const bool ec = c.alg == jw::Alg::ES256 || c.alg == jw::Alg::ES384;
+    const int width = c.alg == jw::Alg::ES256 ? 32 : 48;
+    for (int i = 0; i < 12; ++i) {
+      const std::string input = "eyJhbGciOiJ" + std::to_string(i * 7919) + ".payload-" + std::to_string(i);
+      const std::string good = sign(c.key->get(), c.alg, input);
+      std::vector<std::string> candidates{good, flipBit(good, static_cast<std::size_t>(i) % good.size()),
+                                          flipBit(good, good.size() - 1), good.substr(1), good + '\0', ""};
+      if (ec) {
+        const std::string n = curveOrder(c.alg == jw::Alg::ES256 ? "P-256" : "P-384", width);
+        const std::string r = good.substr(0, static_cast<std::size_t>(width));
+        const std::string s = good.substr(static_cast<std::size_t>(width));
+        const std::string zero(static_cast<std::size_t>(width), '\0');
+        const std::string ones(static_cast<std::size_t>(width), '\xff');
+        candidates.push_back(r + subtract(n, s));  // high-S twin: a valid ECDSA signature (no low-S rule in JWS)
+        candidates.push_back(zero + s);
+        candidates.push_back(r + zero);
+        candidates.push_back(n + s);  // r = n
+        candidates.push_back(r + n);  // s = n
+        candidates.push_back(ones + s);
+        candidates.push_back(r + ones);
+      }
+      for (std::size_t k = 0; k < candidates.size(); ++k) {
+        const std::string& sig = candidates[k];
+        const bool viaPrepared = jw::verifySignature(prepared, c.alg, input, sig);
+        const bool viaPerCall = jw::verifySignature(perCall, c.alg, input, sig);
+        BOOST_TEST(viaPrepared == viaPerCall, jw::algName(c.alg) << " case " << i << " candidate " << k);
+        // Independently: what OpenSSL says about the same (r, s) or PKCS#1 block, for the right length only
+        // (verifySignature refuses every other length before any crypto).
+        const std::size_t rightLength = ec ? static_cast<std::size_t>(2 * width) : good.size();
+        bool reference = false;
+        if (sig.size() == rightLength) {
+          const auto w = static_cast<std::size_t>(width);
+          const bool zeroPart = ec && (sig.substr(0, w) == std::string(w, '\0') || sig.substr(w) == std::string(w, '\0'));
+          reference = !zeroPart && opensslVerifies(c.key->get(), c.alg, input, ec ? rawToDerForReference(sig) : sig);
+        }
+        BOOST_TEST(viaPrepared == reference, jw::algName(c.alg) << " case " << i << " candidate " << k);
+        ++compared;
+      }
+      BOOST_TEST(jw::verifySignature(prepared, c.alg, input, good));
+      BOOST_TEST(!jw::verifySignature(prepared, c.alg, input + "x", good));
+    }
+  }
+  BOOST_TEST(compared > 300);
+}
+
+BOOST_AUTO_TEST_CASE(prepared_state_of_another_key_is_never_used) {
+  // PublicKey is plain data: pairing one key's prepared contexts with another key must not make the first key
+  // verify in the second one's name.
+  const auto a = generateEc("P-256");
+  const auto b = generateEc("P-256");
+  const auto keyA = jw::publicKeyFromEvp(a, std::nullopt);
+  auto mixed = jw::publicKeyFromEvp(b, std::nullopt);
+  BOOST_REQUIRE((keyA && mixed));
+  mixed->prepared = keyA->prepared;
+  BOOST_TEST(jw::verifySignature(*mixed, jw::Alg::ES256, "h.p", sign(b.get(), jw::Alg::ES256, "h.p")));
+  BOOST_TEST(!jw::verifySignature(*mixed, jw::Alg::ES256, "h.p", sign(a.get(), jw::Alg::ES256, "h.p")));
+}
+
+BOOST_AUTO_TEST_CASE(keys_stay_usable_after_the_set_they_came_from_is_gone) {
+  // A rotated-out key set may be dropped while a request still holds one of its keys (by copy).
+  jw::PublicKey survivor;
+  {
+    const auto set = jw::parseJwkSet(R"({"keys":[)" + ecJwk(p384().get(), "P-384", R"(,"kid":"k1")") + "]}");
+    BOOST_REQUIRE(set.has_value());
+    survivor = set->set.keys.at(0);
+  }
+  BOOST_TEST(jw::verifySignature(survivor, jw::Alg::ES384, "h.p", sign(p384().get(), jw::Alg::ES384, "h.p")));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// nettle's P-384 verifier (ES384) must decide exactly as OpenSSL does, on every input class.
+BOOST_AUTO_TEST_SUITE(nettle_p384)
+
+BOOST_AUTO_TEST_CASE(verifies_exactly_what_openssl_verifies_for_random_keys_and_signatures) {
+  const std::string n = curveOrder("P-384", 48);
+  const std::string zero(48, '\0');
+  const std::string ones(48, '\xff');
+  std::string one = zero;
+  one.back() = '\x01';
+  const std::string nMinusOne = subtract(n, one);
+  std::string nPlusOne = n;
+  nPlusOne.back() = static_cast<char>(nPlusOne.back() + 1);  // n ends in ...0x73, no carry
+  int accepted = 0;
+  int compared = 0;
+  for (int k = 0; k < 6; ++k) {
+    const auto key = generateEc("P-384");
+    const std::string point = ecPoint(key.get());
+    const std::string x = point.substr(1, 48);
+    const std::string y = point.substr(49, 48);
+    const auto other = generateEc("P-384");
+    for (int i = 0; i < 10; ++i) {
+      const std::string input = "eyJhbGciOiJFUzM4NCJ9." + std::to_string(k * 1000 + i);
+      const std::string good = sign(key.get(), jw::Alg::ES384, input);
+      const std::string r = good.substr(0, 48);
+      const std::string s = good.substr(48);
+      const std::vector<std::string> candidates{good,
+                                                flipBit(good, static_cast<std::size_t>(i * 9) % 96),
+                                                flipBit(good, 95),
+                                                r + subtract(n, s),  // high-S twin
+                                                zero + s, r + zero, n + s, r + n, nPlusOne + s, r + nPlusOne,
+                                                ones + s, r + ones, one + s, r + one, nMinusOne + s, r + nMinusOne,
+                                                sign(other.get(), jw::Alg::ES384, input)};
+      for (std::size_t c = 0; c < candidates.size(); ++c) {
+        const std::string& sig = candidates[c];
+        const bool zeroPart = sig.substr(0, 48) == zero || sig.substr(48) == zero;
+        const bool reference =
+            !zeroPart && opensslVerifies(key.get(), jw::Alg::ES384, input, rawToDerForReference(sig));
+        const bool viaNettle = jw::detail::nettleP384Verifies(x, y, input, sig);
+        BOOST_TEST(viaNettle == reference, "key " << k << " input " << i << " candidate " << c);
+        accepted += viaNettle ? 1 : 0;
+        ++compared;
+      }
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input + ".", good));
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input, good.substr(0, 95)));
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input, good + '\0'));
+      BOOST_TEST(!jw::detail::nettleP384Verifies(x, y, input, ""));
+    }
+  }
+  BOOST_TEST(compared == 6 * 10 * 17);
+  BOOST_TEST(accepted >= 6 * 10 * 2);  // at least the signature and its high-S twin every time
+}
+
+BOOST_AUTO_TEST_CASE(refuses_points_off_the_curve_or_outside_the_field) {
+  const std::string point = ecPoint(p384().get());
+  const std::string x = point.substr(1, 48);
+  const std::string y = point.substr(49, 48);
+  BOOST_TEST(jw::detail::nettleP384Accepts(x, y));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(x, flipBit(y, 0)));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(flipBit(x, 47), y));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(std::string(48, '\0'), std::string(48, '\0')));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(std::string(48, '\xff'), y));
+  BOOST_TEST(!jw::detail::nettleP384Accepts(x.substr(1), y));
+  // A P-256 point is not a P-384 point, whatever the padding.
+  const std::string p256Point = ecPoint(p256().get());
+  BOOST_TEST(!jw::detail::nettleP384Accepts(std::string(16, '\0') + p256Point.substr(1, 32),
+                                            std::string(16, '\0') + p256Point.substr(33, 32)));
+}
+
+BOOST_AUTO_TEST_CASE(es384_keys_verify_through_nettle_and_agree_with_the_openssl_path_from_eight_threads) {
+  const auto key = mustParse(ecJwk(p384().get(), "P-384"));
+  const jw::PublicKey perCall = withoutPrepared(key);
+  std::vector<std::string> inputs;
+  std::vector<std::string> sigs;
+  for (int i = 0; i < 16; ++i) {
+    inputs.push_back("h." + std::to_string(i));
+    const std::string good = sign(p384().get(), jw::Alg::ES384, inputs.back());
+    sigs.push_back(i % 2 == 0 ? good : flipBit(good, static_cast<std::size_t>(i)));
+  }
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (std::size_t i = 0; i < inputs.size(); ++i) {
+        const bool expected = i % 2 == 0;
+        if (jw::verifySignature(key, jw::Alg::ES384, inputs[i], sigs[i]) != expected ||
+            jw::verifySignature(perCall, jw::Alg::ES384, inputs[i], sigs[i]) != expected) {
+          ++wrong;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) {
+    th.join();
+  }
   BOOST_TEST(wrong.load() == 0);
 }
 

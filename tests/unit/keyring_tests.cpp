@@ -9,6 +9,8 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
@@ -23,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "test_support.hpp"
@@ -169,6 +172,60 @@ BOOST_AUTO_TEST_CASE(generated_key_of_every_alg_signs_what_verify_signature_acce
       flipped[flipped.size() / 2] = static_cast<char>(flipped[flipped.size() / 2] ^ 0x01);
       BOOST_TEST(!jw::verifySignature(key.publicKey(), alg, input, flipped));
       BOOST_TEST(!jw::verifySignature(key.publicKey(), alg, input, sig.substr(1)));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(signatures_verify_with_plain_openssl_on_the_public_key_from_eight_threads) {
+  // sign() works on duplicates of one prepared context per key; check its output with EVP_DigestVerify set up
+  // from scratch on the published public key (not through jwks), with several threads signing at once.
+  for (const jw::Alg alg : kAllAlgs) {
+    BOOST_TEST_CONTEXT("alg " << jw::algName(alg)) {
+      const kr::SigningKey& key = keyFor(alg);
+      const bool ec = alg == jw::Alg::ES256 || alg == jw::Alg::ES384;
+      const std::size_t width = alg == jw::Alg::ES256 ? 32 : 48;
+      const EVP_MD* md = alg == jw::Alg::ES256 || alg == jw::Alg::RS256 ? EVP_sha256() : EVP_sha384();
+      constexpr int kThreads = 8;
+      constexpr int kEach = 6;
+      std::vector<std::vector<std::string>> sigs(kThreads);
+      std::vector<std::thread> threads;
+      for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+          for (int i = 0; i < kEach; ++i) {
+            sigs[static_cast<std::size_t>(t)].push_back(key.sign("h." + std::to_string(t * kEach + i)));
+          }
+        });
+      }
+      for (auto& th : threads) {
+        th.join();
+      }
+      int good = 0;
+      for (int t = 0; t < kThreads; ++t) {
+        for (int i = 0; i < kEach; ++i) {
+          const std::string input = "h." + std::to_string(t * kEach + i);
+          std::string sig = sigs[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)];
+          if (ec) {
+            BOOST_REQUIRE(sig.size() == 2 * width);
+            const std::unique_ptr<ECDSA_SIG, decltype(&ECDSA_SIG_free)> parsed(ECDSA_SIG_new(), &ECDSA_SIG_free);
+            BIGNUM* r = BN_bin2bn(reinterpret_cast<const unsigned char*>(sig.data()), static_cast<int>(width), nullptr);
+            BIGNUM* s = BN_bin2bn(reinterpret_cast<const unsigned char*>(sig.data() + width), static_cast<int>(width),
+                                  nullptr);
+            BOOST_REQUIRE(ECDSA_SIG_set0(parsed.get(), r, s) == 1);
+            unsigned char* der = nullptr;
+            const int len = i2d_ECDSA_SIG(parsed.get(), &der);
+            BOOST_REQUIRE(len > 0);
+            sig.assign(reinterpret_cast<const char*>(der), static_cast<std::size_t>(len));
+            OPENSSL_free(der);
+          }
+          const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+          BOOST_REQUIRE(EVP_DigestVerifyInit(ctx.get(), nullptr, md, nullptr, key.publicKey().key.get()) == 1);
+          if (EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
+                               reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1) {
+            ++good;
+          }
+        }
+      }
+      BOOST_TEST(good == kThreads * kEach);
     }
   }
 }

@@ -13,6 +13,9 @@ struct evp_pkey_st;  // OpenSSL's EVP_PKEY, kept out of this header.
 
 namespace smartbroker::jwks {
 
+/// OpenSSL verification state set up once per key (verify.cpp); read-only after construction.
+struct PreparedVerifier;
+
 /// The asymmetric JWS algorithms smart-broker knows (RFC 7518 §3.1). There is deliberately no `none` and no HS*.
 enum class Alg : std::uint8_t { RS256, RS384, ES256, ES384 };
 
@@ -33,6 +36,10 @@ struct PublicKey {
   int bits = 0;                    ///< RSA modulus size, or the EC field size (256/384)
   std::string thumbprint;          ///< RFC 7638 SHA-256 thumbprint, base64url
   std::shared_ptr<evp_pkey_st> key;  ///< the OpenSSL public key
+  /// Verification contexts initialised once for `key`, duplicated per signature check; set by every function
+  /// here that builds a PublicKey. Used only while it belongs to `key`; without it verifySignature sets up a
+  /// context per call (same checks, slower).
+  std::shared_ptr<const PreparedVerifier> prepared;
 
   /// True when this key may verify `a`: kty matches the alg family, the curve matches ES256/ES384,
   /// the JWK's own "alg" (if any) equals `a`, and "use" (if any) is "sig".

@@ -8,6 +8,8 @@
 
 #include "smartbroker/jwks/jwk.hpp"
 
+struct evp_pkey_ctx_st;  // OpenSSL's EVP_PKEY_CTX, kept out of this header.
+
 namespace smartbroker::keyring {
 
 /// An immutable private key with its public JWK. Safe to share between threads; sign() is const.
@@ -38,6 +40,9 @@ class SigningKey {
  private:
   SigningKey(std::shared_ptr<evp_pkey_st> key, jwks::PublicKey pub, jwks::Alg alg);
   std::shared_ptr<evp_pkey_st> key_;
+  /// An EVP_PKEY_sign context for key_ and alg_, set up once; sign() works on a duplicate of it, never on it,
+  /// so copies of this key on other threads share nothing mutable. Null if OpenSSL could not set it up.
+  std::shared_ptr<const evp_pkey_ctx_st> signContext_;
   jwks::PublicKey public_;
   jwks::Alg alg_;
 };
