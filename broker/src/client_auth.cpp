@@ -255,6 +255,9 @@ std::expected<void, Denial> consumeJti(StateStore& store, const VerifiedAssertio
   if (*outcome == JtiOutcome::Replayed) {
     return deny(DenyReason::JtiReplayed, {}, assertion.client->client_id);
   }
+  if (*outcome == JtiOutcome::ConsentWithdrawn) {
+    return deny(DenyReason::ConsentRequired, "consent withdrawn during issuance", assertion.client->client_id);
+  }
   return {};
 }
 

@@ -118,6 +118,11 @@ void checkOptions(const PostgresOptions& options) {
 void applyStatementTimeout(Poco::Data::Session& session, std::int64_t milliseconds) {
   // SET takes no placeholders; the value is an integer formatted here.
   session << "SET statement_timeout = " + std::to_string(milliseconds), now;
+  // A client that vanishes mid-transaction (host crash, partition: no FIN) would otherwise leave its backend
+  // holding row and advisory locks until TCP gives up, hours later. Our transactions never idle: any that does
+  // for this long is abandoned.
+  session << "SET idle_in_transaction_session_timeout = " + std::to_string(std::max<std::int64_t>(10'000, 2 * milliseconds)),
+      now;
 }
 
 /// A session pool whose every connection has the statement timeout. SessionPool calls customizeSession once for
@@ -629,8 +634,9 @@ class PostgresStore final : public StateStore {
       }
     }
     session.begin();
+    const bool changesConsentsOrRevocations = !revocations.empty() || !consents.empty();
     if (!candidates.empty()) {
-      recordJtis(session, batch, candidates, nowSeconds, results);
+      recordJtis(session, batch, candidates, nowSeconds, results, changesConsentsOrRevocations);
     }
     if (!revocations.empty() || !consents.empty()) {
       // Consent changes take the lock too, and before they read the linked tokens: two instances withdrawing
@@ -689,7 +695,7 @@ class PostgresStore final : public StateStore {
   /// The replay records of a batch, and for those that are first uses the issued token and its consent links.
   static void recordJtis(Poco::Data::Session& session, const std::vector<Pending*>& batch,
                          const std::map<std::pair<std::string_view, std::string_view>, std::size_t>& candidates,
-                         Poco::Int64 nowSeconds, BatchResults& results) {
+                         Poco::Int64 nowSeconds, BatchResults& results, bool batchTakesRevocationLock) {
     // One multi-row upsert, in key order; RETURNING names the rows it inserted or took over = Recorded.
     std::string sql = "INSERT INTO replay (iss, jti, expires_at) VALUES ";
     std::vector<Poco::Int64> expiries;
@@ -728,6 +734,39 @@ class PostgresStore final : public StateStore {
       if (batch[it->second]->issued != nullptr) {
         tokens.push_back(it->second);
       }
+    }
+    // Tokens linked to local consents: the links must not race a withdrawal, which selects the linked tokens
+    // under the revocation lock. Holding that lock (shared; exclusive when this batch also changes consents or
+    // revocations, so that the same session never upgrades) before re-reading the consents means either the
+    // withdrawal committed first and is seen here, or it waits for this commit and then finds the links.
+    // Order: replay rows, then the lock, as everywhere (writeBatch).
+    const bool linksLocal = std::ranges::any_of(tokens, [&](std::size_t i) {
+      return batch[i]->issued->consents_local && !batch[i]->issued->consent_ids.empty();
+    });
+    if (linksLocal) {
+      int locked = 0;
+      Poco::Int64 key = kRevocationLock;
+      if (batchTakesRevocationLock) {
+        session << "SELECT 1 FROM pg_advisory_xact_lock($1)", into(locked), use(key), now;
+      } else {
+        session << "SELECT 1 FROM pg_advisory_xact_lock_shared($1)", into(locked), use(key), now;
+      }
+      std::erase_if(tokens, [&](std::size_t i) {
+        const IssuedToken& t = *batch[i]->issued;
+        if (!t.consents_local) {
+          return false;
+        }
+        for (const std::string& consentId : t.consent_ids) {
+          std::string id = consentId;
+          Poco::Int64 active = 0;
+          session << "SELECT count(*) FROM consents WHERE id = $1 AND status = 'active'", into(active), use(id), now;
+          if (active == 0) {
+            results.outcomes[i] = JtiOutcome::ConsentWithdrawn;
+            return true;
+          }
+        }
+        return false;
+      });
     }
     for (const std::size_t i : tokens) {
       const IssuedToken& t = *batch[i]->issued;

@@ -437,6 +437,18 @@ class SqliteStore final : public StateStore {
     }
   }
 
+  /// True when every one of `ids` is a stored consent with status active (inside the writer's transaction).
+  bool consentsStillActive(const std::vector<std::string>& ids) {
+    for (const std::string& id : ids) {
+      int active = 0;
+      session_ << "SELECT count(*) FROM consents WHERE id = $1 AND status = 'active'", into(active), useRef(id), now;
+      if (active == 0) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   /// The writer: takes every waiting request, commits them in one transaction, wakes their threads.
   void run() {
     Poco::Int64 nowSeconds = 0;
@@ -468,6 +480,12 @@ class SqliteStore final : public StateStore {
               outcomes[i] = insert.text(1, p.a).text(2, p.b).integer(3, p.n).integer(4, nowSeconds).run() == 1
                                 ? JtiOutcome::Recorded
                                 : JtiOutcome::Replayed;
+              if (outcomes[i] == JtiOutcome::Recorded && p.issued != nullptr && p.issued->consents_local &&
+                  !consentsStillActive(p.issued->consent_ids)) {
+                // Withdrawn after the issuance check: consent changes go through this same writer, so either the
+                // withdrawal came first (seen here) or it comes later and finds the links written below.
+                outcomes[i] = JtiOutcome::ConsentWithdrawn;
+              }
               if (outcomes[i] == JtiOutcome::Recorded && p.issued != nullptr) {
                 const IssuedToken& t = *p.issued;
                 insertToken.text(1, t.jti).text(2, t.client_id).text(3, t.scope).integer(4, t.iat).integer(5, t.exp)

@@ -130,7 +130,8 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
       std::min(policy_.max_lifetime, client.token_lifetime ? client.token_lifetime->count() : policy_.default_lifetime);
   const std::int64_t iat = clock_.now();
   const std::string jti = randomId();
-  const IssuedToken issued{jti, client.client_id, scope, iat, iat + lifetime, keys->active->kid(), consentIds};
+  const IssuedToken issued{jti,        client.client_id, scope, iat, iat + lifetime, keys->active->kid(), consentIds,
+                           consent_ != nullptr && consent_->local() && !consentIds.empty()};
 
   // The jti is recorded last: a request refused for any other reason leaves the assertion unspent. The issued
   // token's record goes into the same transaction.

@@ -26,6 +26,7 @@
 #include <latch>
 #include <memory>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -449,6 +450,106 @@ STORE_CONTRACT_CASE(stores_a_consent_with_its_grantees_and_finds_it_by_grantee) 
   BOOST_TEST(!store->findConsent("c1")->has_value());
   BOOST_TEST(store->consentsForGrantee("c")->empty());
   BOOST_TEST(store->consentsForGrantee("b")->size() == 1U);
+}
+
+// The issuance check reads the consent before the jti is spent; a withdrawal that commits in between must not let
+// the token through unlinked: recordJti re-checks local consents where it writes the links.
+STORE_CONTRACT_CASE(a_token_linked_to_a_local_consent_withdrawn_since_the_check_is_not_recorded) {
+  auto store = backend.open();
+  apply(*store, upsert("live", {"a"}));
+  apply(*store, upsert("gone", {"a"}));
+  apply(*store, upsert("paused", {"a"}));
+  apply(*store, withdrawal("gone"));
+  apply(*store, upsert("paused", {"a"}, "inactive"));
+
+  const auto linked = [&](const std::string& jti, std::vector<std::string> consents, bool local) {
+    sb::IssuedToken t = token(jti, "a", kNow, kNow + 300);
+    t.consent_ids = std::move(consents);
+    t.consents_local = local;
+    return record(*store, "a", "assertion-" + jti, kNow + 300, &t);
+  };
+  BOOST_TEST((linked("t-live", {"live"}, true) == sb::JtiOutcome::Recorded));
+  BOOST_TEST((linked("t-gone", {"live", "gone"}, true) == sb::JtiOutcome::ConsentWithdrawn));
+  BOOST_TEST((linked("t-paused", {"paused"}, true) == sb::JtiOutcome::ConsentWithdrawn));
+  // Consents read from a FHIR server are not stored here: nothing to re-check.
+  BOOST_TEST((linked("t-remote", {"gone"}, false) == sb::JtiOutcome::Recorded));
+
+  // The refused token left no record and no link (a later withdrawal does not report it); its jti is spent.
+  const auto tokens = store->recentTokens("a", 10, kNow);
+  BOOST_TEST_REQUIRE(tokens.has_value());
+  std::vector<std::string> jtis;
+  for (const sb::IssuedToken& t : *tokens) {
+    jtis.push_back(t.jti);
+  }
+  std::ranges::sort(jtis);
+  BOOST_TEST(jtis == (std::vector<std::string>{"t-live", "t-remote"}), boost::test_tools::per_element());
+  BOOST_TEST((record(*store, "a", "assertion-t-gone", kNow + 300) == sb::JtiOutcome::Replayed));
+  const sb::ConsentChangeResult live = apply(*store, withdrawal("live"));
+  BOOST_TEST(jtisOf(live.revoked) == (std::vector<std::string>{"t-live"}), boost::test_tools::per_element());
+}
+
+// Issuance racing a withdrawal, on two stores of one database (two instances): every token that was recorded
+// is revoked by the withdrawal; after it, issuance is refused. Nothing escapes unlinked.
+STORE_CONTRACT_CASE(no_token_escapes_a_withdrawal_that_races_its_issuance) {
+  auto issuer = backend.open();
+  auto withdrawer = backend.open();
+  apply(*withdrawer, upsert("c", {"a"}));
+  struct Outcomes {
+    std::vector<std::string> recorded;
+    bool refusedAfterWithdrawal = false;
+    std::string error;
+  };
+  std::vector<Outcomes> outcomes(4);
+  std::atomic<int> issuedSoFar{0};
+  {
+    std::vector<std::jthread> threads;
+    for (std::size_t w = 0; w < outcomes.size(); ++w) {
+      threads.emplace_back([&, w] {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        for (int i = 0; std::chrono::steady_clock::now() < deadline; ++i) {
+          const std::string jti = "race-" + std::to_string(w) + "-" + std::to_string(i);
+          sb::IssuedToken t = token(jti, "a", kNow, kNow + 300);
+          t.consent_ids = {"c"};
+          t.consents_local = true;
+          const auto outcome = issuer->recordJti("a", "assertion-" + jti, kNow + 300, &t);
+          if (!outcome) {
+            outcomes[w].error = outcome.error().detail;
+            return;
+          }
+          if (*outcome == sb::JtiOutcome::Recorded) {
+            outcomes[w].recorded.push_back(jti);
+            issuedSoFar.fetch_add(1);
+          } else if (*outcome == sb::JtiOutcome::ConsentWithdrawn) {
+            outcomes[w].refusedAfterWithdrawal = true;
+            return;
+          }
+        }
+      });
+    }
+    // Withdraw while issuance is in full flow.
+    const auto waitUntil = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (issuedSoFar.load() < 8 && std::chrono::steady_clock::now() < waitUntil) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    apply(*withdrawer, withdrawal("c"));
+  }
+  const auto changes = withdrawer->changesSince(0, kNow);
+  BOOST_TEST_REQUIRE(changes.has_value());
+  std::set<std::string> revoked;
+  for (const sb::Revocation& r : changes->revocations) {
+    revoked.insert(r.jti);
+  }
+  std::size_t total = 0;
+  for (const Outcomes& o : outcomes) {
+    BOOST_TEST(o.error.empty(), o.error);
+    BOOST_TEST(o.refusedAfterWithdrawal);
+    for (const std::string& jti : o.recorded) {
+      BOOST_TEST(revoked.contains(jti), jti << " was issued and escaped the withdrawal");
+    }
+    total += o.recorded.size();
+  }
+  BOOST_TEST_MESSAGE(backend.kName << ": " << total << " tokens issued before the withdrawal, all revoked");
+  BOOST_TEST(total > 0U);
 }
 
 STORE_CONTRACT_CASE(withdrawal_revokes_linked_tokens_once_and_queues_one_notification) {

@@ -22,6 +22,10 @@ struct StoreError {
 enum class JtiOutcome : std::uint8_t {
   Recorded,  ///< first use of (iss, jti): the request may proceed
   Replayed,  ///< (iss, jti) was recorded before and has not expired
+  /// (iss, jti) is recorded (spent), but a locally stored consent that `issued` is linked to is no longer active
+  /// when the links are written: a withdrawal committed between the consent check and this transaction. No token
+  /// record or link is written; the caller must not hand out the token.
+  ConsentWithdrawn,
 };
 
 /// An issued access token as the store keeps it: never the token itself.
@@ -33,6 +37,9 @@ struct IssuedToken {
   std::int64_t exp = 0;
   std::string kid;
   std::vector<std::string> consent_ids{};  ///< consents the token is linked to (token_consents); may be empty
+  /// The consent_ids are locally stored consents (source local): recordJti re-checks, in the transaction that
+  /// links them and serialised with consent changes, that each still exists with status active.
+  bool consents_local = false;
 };
 
 /// Per-system state an operator changes at run time.
@@ -106,7 +113,7 @@ class StateStore {
   virtual ~StateStore() = default;
 
   /// Records (iss, jti) until `expiresAt` (NumericDate) and, when it is the first use and `issued` is given,
-  /// the token issued for it, in one transaction. Atomic: of any number of concurrent calls with the same pair,
+  /// the token issued for it, in one transaction (or ConsentWithdrawn, see there). Atomic: of any number of concurrent calls with the same pair,
   /// across threads or instances sharing the store, exactly one returns Recorded.
   virtual std::expected<JtiOutcome, StoreError> recordJti(std::string_view iss, std::string_view jti,
                                                            std::int64_t expiresAt, const IssuedToken* issued) = 0;
