@@ -59,7 +59,16 @@ std::optional<Arguments> parseArguments(const std::vector<std::string>& args) {
       out.force = true;
     } else if (a == "--json" && out.command == "list") {
       out.json = true;
-    } else if (!a.starts_with("-") && !out.kid && (out.command == "retire" || out.command == "revoke")) {
+    } else if (!out.kid && (out.command == "retire" || out.command == "revoke")) {
+      // A kid is an RFC 7638 thumbprint in base64url and may begin with '-': anything that is not one of the
+      // options above is the kid (so is the argument after "--", as usual).
+      if (a == "--") {
+        if (i + 1 >= args.size()) {
+          return std::nullopt;
+        }
+        out.kid = args[++i];
+        continue;
+      }
       out.kid = a;
     } else {
       return std::nullopt;

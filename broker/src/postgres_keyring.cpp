@@ -7,6 +7,7 @@
 #include <Poco/Data/Statement.h>
 #include <Poco/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -200,7 +201,7 @@ class PostgresSession final : public kr::KeyringSession {
     if (!exclusive_) {
       return std::unexpected("a read-only keyring session cannot store a private key");
     }
-    return guardedVoid([&] {
+    auto stored = guardedVoid([&] {
              std::string k = kid;
              std::string hex = toHex(key.data);
              session_ << std::string("INSERT INTO keyring_secrets (kid, sealed, created_at) VALUES ($1, decode($2, "
@@ -208,6 +209,11 @@ class PostgresSession final : public kr::KeyringSession {
                              kDbNow + ") ON CONFLICT (kid) DO UPDATE SET sealed = excluded.sealed",
                  use(k), use(hex), now;
            });
+    if (!stored) {
+      // PostgreSQL's DETAIL of a failed INSERT quotes the row: never pass it on next to key material.
+      return std::unexpected("could not store the sealed private key of " + kid + " in the database");
+    }
+    return stored;
   }
 
   std::expected<void, std::string> checkPrivateKey(const std::string& kid) override {
@@ -405,7 +411,14 @@ class PostgresKeyring final : public kr::KeyringStorage {
     }
     try {
       registerConnector();
-      return Poco::Data::Session("PostgreSQL", connection_);
+      Poco::Data::Session session("PostgreSQL", connection_);
+      // The same limits as the state store's connections (postgres_store.cpp): a tick never hangs on a lock, and
+      // an abandoned transaction does not hold the keyring lock for hours.
+      const std::int64_t timeout = options_.statement_timeout_ms;
+      session << "SET statement_timeout = " + std::to_string(timeout), Poco::Data::Keywords::now;
+      session << "SET idle_in_transaction_session_timeout = " + std::to_string(std::max<std::int64_t>(10'000, 2 * timeout)),
+          Poco::Data::Keywords::now;
+      return session;
     } catch (const Poco::Exception& e) {
       const std::lock_guard guard(mutex_);
       lastFailure_ = std::chrono::steady_clock::now();

@@ -255,6 +255,11 @@ BOOST_AUTO_TEST_CASE(commands_change_the_running_service_without_a_restart) {
   BOOST_TEST(keys(b, "list").output.find("retired") != std::string::npos);
 
   BOOST_TEST(keys(b, "retire no-such-kid").status == 1);
+  // A base64url thumbprint may begin with '-': it is taken as the kid, not refused as an unknown option.
+  const Run dash = keys(b, "retire -no-such-kid");
+  BOOST_TEST(dash.status == 1, dash.output);
+  BOOST_TEST(dash.output.find("-no-such-kid") != std::string::npos, dash.output);
+  BOOST_TEST(keys(b, "revoke -- -no-such-kid").status == 1);
   BOOST_TEST(keys(b, "frobnicate").status == 2);
   BOOST_TEST(b.log().find("event=keyring_error") == std::string::npos, b.log());
 }
