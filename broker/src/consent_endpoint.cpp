@@ -100,7 +100,11 @@ HttpReply ConsentEndpoint::handle(const HttpRequest& request) const {
       reply.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"smart-broker\", error=\"invalid_token\"");
       return reply;
     }
-    if (!scopeHas((*claims)->scope, permission_)) {
+    // The token must carry the permission, and the caller's registration must still grant it (a reload that
+    // withdraws it takes effect for live tokens too).
+    const auto registered = registry_.get()->find((*claims)->client_id);
+    if (!scopeHas((*claims)->scope, permission_) || registered == nullptr ||
+        std::ranges::find(registered->permissions, permission_) == registered->permissions.end()) {
       log_.event("consent_admin",
                  {{"outcome", "refused"}, {"client_id", (*claims)->client_id}, {"reason", "insufficient_scope"}});
       HttpReply reply = errorReply(403, "insufficient_scope", "The bearer token lacks the consent-admin permission");

@@ -133,7 +133,11 @@ HttpReply IntrospectionEndpoint::handle(const HttpRequest& request) const {
       reply.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"smart-broker\", error=\"invalid_token\"");
       return reply;
     }
-    if (!scopeHas((*claims)->scope, permission_)) {
+    // The token must carry the permission, and the caller's registration must still grant it: a permission
+    // withdrawn by a reload takes effect for live tokens too.
+    const auto registered = s_.registry.get()->find((*claims)->client_id);
+    if (!scopeHas((*claims)->scope, permission_) || registered == nullptr ||
+        !clientHasPermission(*registered, permission_)) {
       s_.log.event("introspection", {{"outcome", "refused"}, {"client_id", (*claims)->client_id},
                                      {"reason", "insufficient_scope"}});
       HttpReply reply = errorReply(403, "insufficient_scope", "The bearer token lacks the introspection permission");

@@ -3,6 +3,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -366,6 +369,44 @@ BOOST_AUTO_TEST_CASE(honours_the_configured_introspection_scope_and_only_it) {
                                {{"Authorization", "Bearer " + caller.json()->getValue<std::string>("access_token")}});
   BOOST_TEST_REQUIRE(r.status == 200, r.body);
   BOOST_TEST(r.json()->getValue<bool>("active"));
+}
+
+// A permission withdrawn from a registration by a reload stops working at once, also for the bearer tokens that
+// carry it: the token's scope is necessary, not sufficient.
+BOOST_AUTO_TEST_CASE(a_permission_withdrawn_by_a_reload_stops_live_bearer_tokens_that_carry_it) {
+  Broker b;
+  const auto sign = [&](const std::string& clientId, const std::string& key) {
+    Json header = object({{"alg", "RS384"}, {"kid", key}, {"typ", "JWT"}});
+    return jose().sign("RS384", keyFile(key), header, claims(clientId, b.tokenUrl()));
+  };
+  const Response caller = b.post("/token", tokenForm(sign("resource-server", "other-client"), "smart-broker:introspect"));
+  BOOST_TEST_REQUIRE(caller.status == 200, caller.body);
+  const Response subject = b.post("/token", tokenForm(sign("rs384-client", "rs384-client"), "system/*.rs"));
+  BOOST_TEST_REQUIRE(subject.status == 200, subject.body);
+  const auto introspect = [&] {
+    return b.request("POST", "/introspect",
+                     formEncode({{"token", subject.json()->getValue<std::string>("access_token")}}),
+                     "application/x-www-form-urlencoded",
+                     {{"Authorization", "Bearer " + caller.json()->getValue<std::string>("access_token")}});
+  };
+  BOOST_TEST_REQUIRE(introspect().status == 200);
+
+  std::string text;
+  {
+    std::ifstream in(b.configPath());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  const std::string granted = "    scopes: [smart-broker:introspect]\n";
+  BOOST_TEST_REQUIRE(text.find(granted) != std::string::npos);
+  text.replace(text.find(granted), granted.size(), "    scopes: [system/Patient.rs]\n");
+  std::ofstream(b.configPath()) << text;
+  b.signal(SIGHUP);
+  BOOST_TEST_REQUIRE(b.waitForLog("event=reloaded"));
+  const Response refused = introspect();
+  BOOST_TEST(refused.status == 403, refused.body);
+  BOOST_TEST(refused.json()->getValue<std::string>("error") == "insufficient_scope");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
