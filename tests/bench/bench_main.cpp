@@ -217,7 +217,8 @@ int crypto(const Args& args) {
                                                     args.get("p384-key", data + "/keys/es384-client.pem"), seconds);
   const double rsCeiling = bench::CryptoRates::tokenCeiling(r.rs384_verify, r.es256_sign);
   const double esCeiling = bench::CryptoRates::tokenCeiling(r.es384_verify, r.es256_sign);
-  std::printf("== crypto ceiling (one core%s, raw OpenSSL %s, best of 3 windows in ~%.1f s per operation)\n",
+  std::printf("== crypto ceiling (one core%s, the server's code paths: OpenSSL %s prepared contexts, nettle for "
+              "ES384; best of 3 windows in ~%.1f s per operation)\n",
               args.get("cpu") ? (", CPU " + *args.get("cpu")).c_str() : "", OPENSSL_VERSION_STR, seconds);
   std::printf("  RS384 verify (RSA-2048)   %10.0f /s\n", r.rs384_verify);
   std::printf("  ES384 verify (P-384)      %10.0f /s\n", r.es384_verify);
