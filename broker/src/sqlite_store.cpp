@@ -60,6 +60,24 @@ const char* const kMigrations[] = {
     " event_time BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT NOT NULL,"
     " delivered_at BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS consent_outbox_due ON consent_outbox (delivered_at, next_attempt_at)",
+    // SQLite only (PostgreSQL has no rowid): the two tables every token writes become clustered on their primary
+    // key (WITHOUT ROWID), one b-tree each instead of a rowid table plus a key index, which halves the pages a
+    // group commit writes; tokens gets an exp index so that pruning is not a full scan. One statement per step.
+    "CREATE TABLE replay_v2 ("
+    " iss TEXT NOT NULL, jti TEXT NOT NULL, expires_at BIGINT NOT NULL,"
+    " PRIMARY KEY (iss, jti)) WITHOUT ROWID",
+    "INSERT INTO replay_v2 (iss, jti, expires_at) SELECT iss, jti, expires_at FROM replay",
+    "DROP TABLE replay",
+    "ALTER TABLE replay_v2 RENAME TO replay",
+    "CREATE INDEX replay_expires_at ON replay (expires_at)",
+    "CREATE TABLE tokens_v2 ("
+    " jti TEXT PRIMARY KEY, client_id TEXT NOT NULL, scope TEXT NOT NULL,"
+    " iat BIGINT NOT NULL, exp BIGINT NOT NULL, kid TEXT NOT NULL) WITHOUT ROWID",
+    "INSERT INTO tokens_v2 (jti, client_id, scope, iat, exp, kid) SELECT jti, client_id, scope, iat, exp, kid FROM tokens",
+    "DROP TABLE tokens",
+    "ALTER TABLE tokens_v2 RENAME TO tokens",
+    "CREATE INDEX tokens_client_iat ON tokens (client_id, iat)",
+    "CREATE INDEX tokens_exp ON tokens (exp)",
 };
 
 /// First use wins; a row whose assertion has expired may be taken over by a new assertion with that jti
@@ -621,6 +639,8 @@ class SqliteStore final : public StateStore {
 
   void prune(Poco::Int64 nowSeconds) {
     try {
+      // One transaction (one fsync) for the whole round, each DELETE served by an index on its expiry column.
+      session_.begin();
       Poco::Int64 tokensBefore = nowSeconds - kTokenRetentionSeconds;
       session_ << "DELETE FROM replay WHERE expires_at < $1", use(nowSeconds), now;
       session_ << "DELETE FROM revocations WHERE exp < $1", use(nowSeconds), now;
@@ -628,8 +648,15 @@ class SqliteStore final : public StateStore {
       Poco::Int64 deliveredBefore = nowSeconds - kOutboxRetentionSeconds;
       session_ << "DELETE FROM token_consents WHERE exp < $1", use(nowSeconds), now;
       session_ << "DELETE FROM consent_outbox WHERE delivered_at > 0 AND delivered_at < $1", use(deliveredBefore), now;
+      session_.commit();
     } catch (const Poco::Exception&) {
       // Pruning is housekeeping; the next round tries again.
+      try {
+        if (session_.isTransaction()) {
+          session_.rollback();
+        }
+      } catch (const Poco::Exception&) {
+      }
     }
   }
 

@@ -3,6 +3,8 @@
 
 #include <openssl/rand.h>
 
+#include <chrono>
+#include <cstdint>
 #include <stdexcept>
 
 #include "json_text.hpp"
@@ -18,10 +20,19 @@ std::unexpected<Denial> refuse(DenyReason reason, std::string detail = {}, std::
   return std::unexpected(Denial{reason, std::move(detail), std::move(clientId)});
 }
 
-/// 128 random bits: unguessable and, in practice, unique access token ids.
-std::string randomId() {
+/// Access token ids: the issuing millisecond (48 bits, big-endian, as UUIDv7 lays it out) then 80 random bits.
+/// 80 random bits per millisecond make a collision negligible; the time prefix makes ids issued together share a
+/// prefix, so the token store inserts them side by side instead of into one random page each (issue 3). The jti is
+/// a signed claim, not a secret: nothing relies on it being unguessable, and iat already tells the time.
+std::string tokenId() {
   unsigned char bytes[16];
-  if (RAND_bytes(bytes, sizeof bytes) != 1) {
+  const auto millis = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  for (int i = 0; i < 6; ++i) {
+    bytes[i] = static_cast<unsigned char>(millis >> (8 * (5 - i)));
+  }
+  if (RAND_bytes(bytes + 6, sizeof bytes - 6) != 1) {
     throw std::runtime_error("RAND_bytes failed");
   }
   return jwks::base64urlEncode(std::string_view(reinterpret_cast<const char*>(bytes), sizeof bytes));
@@ -129,7 +140,7 @@ HttpReply TokenEndpoint::handle(const HttpRequest& request) const {
   const std::int64_t lifetime =
       std::min(policy_.max_lifetime, client.token_lifetime ? client.token_lifetime->count() : policy_.default_lifetime);
   const std::int64_t iat = clock_.now();
-  const std::string jti = randomId();
+  const std::string jti = tokenId();
   const IssuedToken issued{jti,        client.client_id, scope, iat, iat + lifetime, keys->active->kid(), consentIds,
                            consent_ != nullptr && consent_->local() && !consentIds.empty()};
 

@@ -36,6 +36,7 @@
 #include <mutex>
 #include <optional>
 #include <ostream>
+#include <chrono>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -1685,6 +1686,36 @@ BOOST_AUTO_TEST_CASE(each_token_gets_a_fresh_jti) {
     jtis.insert(claims->getValue<std::string>("jti"));
   }
   BOOST_TEST(jtis.size() == 5U);
+}
+
+BOOST_AUTO_TEST_CASE(a_token_id_is_the_issuing_millisecond_then_80_random_bits) {
+  Harness h;
+  const auto millis = [] {
+    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count());
+  };
+  std::set<std::string> tails;
+  for (int i = 0; i < 4; ++i) {
+    const std::uint64_t before = millis();
+    const Outcome out = h.send(validCall());
+    const std::uint64_t after = millis();
+    BOOST_REQUIRE_EQUAL(out.reply.status, 200);
+    const auto token = parseObject(out.reply.body)->getValue<std::string>("access_token");
+    const auto claims = parseObject(jw::base64urlDecode(splitDots(token).at(1)).value());
+    const std::string jti = claims->getValue<std::string>("jti");
+    BOOST_TEST(jti.size() == 22U);
+    const std::string raw = jw::base64urlDecode(jti).value();
+    BOOST_REQUIRE_EQUAL(raw.size(), 16U);
+    std::uint64_t prefix = 0;
+    for (int b = 0; b < 6; ++b) {
+      prefix = (prefix << 8) | static_cast<unsigned char>(raw[static_cast<std::size_t>(b)]);
+    }
+    BOOST_TEST(prefix >= before);
+    BOOST_TEST(prefix <= after);
+    tails.insert(raw.substr(6));
+  }
+  BOOST_TEST(tails.size() == 4U);  // the random part differs even within one millisecond
 }
 
 BOOST_AUTO_TEST_CASE(grants_only_the_pre_authorized_part_and_keeps_v1_syntax) {

@@ -4,6 +4,9 @@
 #include "smartbroker/broker/clock.hpp"
 #include "smartbroker/broker/store.hpp"
 
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/Session.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -226,6 +229,51 @@ BOOST_AUTO_TEST_CASE(reopening_an_existing_database_migrates_idempotently) {
       BOOST_TEST((record(*store, "app", "after-" + std::to_string(i), kNow + 300) == sb::JtiOutcome::Recorded));
     }
   }
+}
+
+BOOST_AUTO_TEST_CASE(a_database_of_the_rowid_schema_is_migrated_with_its_rows) {
+  // A state.db written before replay and tokens became WITHOUT ROWID tables (schema version 13): the migration
+  // rebuilds both and keeps every row, so a jti spent before the upgrade stays spent after it.
+  const StoreDir dir;
+  const StoreClock clock(kNow);
+  { auto created = openStore(dir.db(), clock); }
+  {
+    Poco::Data::Session old("SQLite", dir.db());
+    using Poco::Data::Keywords::now;
+    old << "DROP TABLE replay", now;
+    old << "DROP TABLE tokens", now;
+    old << "CREATE TABLE replay (iss TEXT NOT NULL, jti TEXT NOT NULL, expires_at BIGINT NOT NULL,"
+           " PRIMARY KEY (iss, jti))", now;
+    old << "CREATE INDEX replay_expires_at ON replay (expires_at)", now;
+    old << "CREATE TABLE tokens (jti TEXT PRIMARY KEY, client_id TEXT NOT NULL, scope TEXT NOT NULL,"
+           " iat BIGINT NOT NULL, exp BIGINT NOT NULL, kid TEXT NOT NULL)", now;
+    old << "CREATE INDEX tokens_client_iat ON tokens (client_id, iat)", now;
+    old << "DELETE FROM schema_version WHERE version > 13", now;
+    old << "INSERT INTO replay (iss, jti, expires_at) VALUES ('app', 'spent-before', " << kNow + 300 << ")", now;
+    old << "INSERT INTO tokens (jti, client_id, scope, iat, exp, kid) VALUES ('tok-old', 'app',"
+           " 'system/Patient.rs', " << kNow << ", " << kNow + 300 << ", 'kid-1')", now;
+  }
+  auto store = openStore(dir.db(), clock);
+  BOOST_TEST((record(*store, "app", "spent-before", kNow + 300) == sb::JtiOutcome::Replayed));
+  BOOST_TEST((record(*store, "app", "fresh", kNow + 300) == sb::JtiOutcome::Recorded));
+  auto recent = store->recentTokens("app", 10, kNow);
+  BOOST_REQUIRE(recent.has_value());
+  BOOST_REQUIRE_EQUAL(recent->size(), 1U);
+  BOOST_TEST(recent->front().jti == "tok-old");
+  BOOST_TEST(recent->front().scope == "system/Patient.rs");
+
+  Poco::Data::Session check("SQLite", dir.db());
+  std::vector<std::string> ddl;
+  check << "SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN ('replay', 'tokens') ORDER BY name",
+      Poco::Data::Keywords::into(ddl), Poco::Data::Keywords::now;
+  BOOST_REQUIRE_EQUAL(ddl.size(), 2U);
+  for (const std::string& sql : ddl) {
+    BOOST_TEST(sql.find("WITHOUT ROWID") != std::string::npos, sql);
+  }
+  int exists = 0;
+  check << "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'tokens_exp'",
+      Poco::Data::Keywords::into(exists), Poco::Data::Keywords::now;
+  BOOST_TEST(exists == 1);
 }
 
 BOOST_AUTO_TEST_CASE(two_stores_on_one_file_admit_a_jti_once) {
