@@ -5,18 +5,29 @@
 #include <Poco/Net/Context.h>
 #include <Poco/Net/HTTPRequestHandler.h>
 #include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/HTTPServer.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/HTTPServerResponseImpl.h>
+#include <Poco/Net/HTTPServerSession.h>
+#include <Poco/Net/NetException.h>
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
+#include <Poco/Net/TCPServer.h>
+#include <Poco/Net/TCPServerConnection.h>
+#include <Poco/Net/TCPServerConnectionFactory.h>
 #include <Poco/ThreadPool.h>
+#include <Poco/Timestamp.h>
+#include <poll.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #include "smartbroker/broker/consent_endpoint.hpp"
 
@@ -40,6 +51,8 @@ enum class Route : std::uint8_t {
 };
 
 /// The path part of `public_base_url`, e.g. "/smart", or "" at the root.
+class Connection;
+
 std::string basePath(const std::string& publicBaseUrl) {
   const std::size_t scheme = publicBaseUrl.find("://");
   const std::size_t slash = scheme == std::string::npos ? std::string::npos : publicBaseUrl.find('/', scheme + 3);
@@ -56,9 +69,29 @@ struct HttpServer::Impl {
   Endpoints endpoints;
   const Log& log;
   std::string prefix;
+  bool tls = false;
+  Poco::Net::HTTPServerParams::Ptr params;
+  // The open connections, so that stop() can close the idle ones (declared before the pool: they outlive its
+  // threads).
+  std::mutex connectionsMutex;
+  std::unordered_set<Connection*> connections;
+  bool stopping = false;
   std::unique_ptr<Poco::ThreadPool> pool;
-  std::unique_ptr<Poco::Net::HTTPServer> server;
+  std::unique_ptr<Poco::Net::TCPServer> server;
   std::uint16_t port = 0;
+
+  /// What one exchange needs besides the parsed request: POCO's request and response, and whether the body was
+  /// read (a body left unread on the connection would be parsed as the next request: the connection closes).
+  struct Exchange {
+    HTTPServerRequest& raw;
+    HTTPServerResponse& response;
+    bool bodyRead = false;
+  };
+
+  void serve(HTTPServerRequest& raw, HTTPServerResponse& response) const;
+  bool track(Connection* connection);
+  void untrack(Connection* connection);
+  void stopConnections(bool abort);
 
   Route route(std::string_view path) const {
     // A reverse proxy may forward /smart/token as /token (prefix stripped) or unchanged: accept both.
@@ -124,11 +157,11 @@ struct HttpServer::Impl {
     return reply;
   }
 
-  HttpReply dispatch(Route r, HttpRequest& request, HTTPServerRequest& raw) const {
+  HttpReply dispatch(Route r, HttpRequest& request, Exchange& exchange) const {
     switch (r) {
       case Route::Token: {
         if (request.method == "POST") {
-          if (auto failure = readBody(raw, request)) {
+          if (auto failure = readBody(exchange, request)) {
             return *failure;
           }
         }
@@ -137,7 +170,7 @@ struct HttpServer::Impl {
       case Route::Introspect:
       case Route::Revoke: {
         if (request.method == "POST") {
-          if (auto failure = readBody(raw, request)) {
+          if (auto failure = readBody(exchange, request)) {
             return *failure;
           }
         }
@@ -155,7 +188,7 @@ struct HttpServer::Impl {
         }
         if (request.method == "PUT" || request.method == "DELETE") {
           // A FHIR Consent may be larger than a token request: its own limit (consent.max_resource_bytes).
-          if (auto failure = readBody(raw, request, endpoints.consent->maxBodyBytes())) {
+          if (auto failure = readBody(exchange, request, endpoints.consent->maxBodyBytes())) {
             return *failure;
           }
         }
@@ -194,14 +227,19 @@ struct HttpServer::Impl {
   }
 
   /// Reads at most the configured number of bytes; a longer body is refused without being read.
-  std::optional<HttpReply> readBody(HTTPServerRequest& raw, HttpRequest& request, std::size_t maxBytes = 0) const {
+  std::optional<HttpReply> readBody(Exchange& exchange, HttpRequest& request, std::size_t maxBytes = 0) const {
+    HTTPServerRequest& raw = exchange.raw;
     const std::size_t limit = maxBytes != 0 ? maxBytes : config.limits.max_body_bytes;
     const auto tooLarge = [&] {
       log.event("request_refused", {{"reason", "body_too_large"}, {"path", request.path}});
       return error(413, "invalid_request", "Request body is too large");
     };
     if (raw.hasContentLength() && raw.getContentLength64() > static_cast<Poco::Int64>(limit)) {
-      return tooLarge();
+      return tooLarge();  // no 100 Continue: a client that waits for it never sends the body
+    }
+    exchange.bodyRead = true;
+    if (raw.getExpectContinue()) {
+      exchange.response.sendContinue();
     }
     // Read in chunks into a buffer that grows with what arrives (not a zero-filled buffer of the whole limit),
     // stopping one byte past the limit.
@@ -221,8 +259,8 @@ struct HttpServer::Impl {
     return std::nullopt;
   }
 
-  void send(const HttpReply& reply, const std::string& method, HTTPServerResponse& response) const {
-    response.setStatus(static_cast<HTTPResponse::HTTPStatus>(reply.status));
+  static void send(const HttpReply& reply, const std::string& method, HTTPServerResponse& response) {
+    response.setStatusAndReason(static_cast<HTTPResponse::HTTPStatus>(reply.status));
     if (!reply.content_type.empty()) {
       response.setContentType(reply.content_type);
     }
@@ -254,77 +292,207 @@ struct HttpServer::Impl {
 
 namespace {
 
-class Handler final : public Poco::Net::HTTPRequestHandler {
+/// POCO's server session, with what is already read from the socket in view.
+class Session final : public Poco::Net::HTTPServerSession {
  public:
-  explicit Handler(const HttpServer::Impl& impl) : impl_(impl) {}
+  using HTTPServerSession::HTTPServerSession;
+  int bufferedBytes() const { return buffered(); }
+};
 
-  void handleRequest(HTTPServerRequest& raw, HTTPServerResponse& response) override {
-    HttpRequest request;
-    request.method = raw.getMethod();
-    const std::string& uri = raw.getURI();
-    request.path = uri.substr(0, uri.find('?'));
-    try {
-      request.content_type = raw.getContentType();
-      request.authorization = raw.get("Authorization", "");
-      const HttpReply reply = impl_.dispatch(impl_.route(request.path), request, raw);
-      impl_.send(reply, request.method, response);
-      if (reply.status == 413) {
-        lingeringClose(raw);
-      }
-    } catch (const std::exception& e) {
-      // The one catch at the boundary: an unexpected failure is server_error, and the server keeps serving.
-      impl_.log.event("internal_error", {{"path", request.path}, {"what", e.what()}});
-      if (!response.sent()) {
-        impl_.send(HttpServer::Impl::error(500, "server_error", "Internal server error"), request.method, response);
-      }
-    }
+/// The 413 was sent (and flushed) with most of the body still unread. Closing a socket whose receive queue is not
+/// empty makes the kernel send RST, and a client still writing its body can lose the response to it. So stop
+/// sending (a FIN over TCP; POCO's TLS socket ignores shutdownSend, and the drain alone keeps the queue empty),
+/// then read and discard what the client still sends, within a bound of bytes and time (the same "lingering
+/// close" as Apache and nginx), before the connection is closed.
+void lingeringClose(HTTPServerRequest& raw) {
+  constexpr std::size_t kMaxDrainBytes = 1U << 20;
+  constexpr auto kMaxDrainTime = std::chrono::seconds(2);
+  auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&raw);
+  if (impl == nullptr) {
+    return;
   }
+  try {
+    Poco::Net::StreamSocket& socket = impl->socket();
+    socket.shutdownSend();
+    socket.setReceiveTimeout(Poco::Timespan(0, 250'000));
+    const auto deadline = std::chrono::steady_clock::now() + kMaxDrainTime;
+    char sink[4096];
+    std::size_t drained = 0;
+    while (drained < kMaxDrainBytes && std::chrono::steady_clock::now() < deadline) {
+      const int n = socket.receiveBytes(sink, sizeof sink);
+      if (n <= 0) {
+        break;
+      }
+      drained += static_cast<std::size_t>(n);
+    }
+  } catch (const Poco::Exception&) {
+    // A timeout or a reset: the client is gone or idle; nothing more to do before the close.
+  }
+}
 
- private:
-  /// The 413 was sent (and flushed) with most of the body still unread. Closing a socket whose receive queue is
-  /// not empty makes the kernel send RST, and a client still writing its body can lose the response to it. So
-  /// stop sending (a FIN over TCP; POCO's TLS socket ignores shutdownSend, and the drain alone keeps the queue
-  /// empty), then read and discard what the client still sends, within a bound of bytes and time (the same
-  /// "lingering close" as Apache and nginx), before POCO closes the connection.
-  static void lingeringClose(HTTPServerRequest& raw) {
-    constexpr std::size_t kMaxDrainBytes = 1U << 20;
-    constexpr auto kMaxDrainTime = std::chrono::seconds(2);
-    auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&raw);
-    if (impl == nullptr) {
+/// One connection, served on a pool thread for as long as it stays open. What POCO's HTTPServerConnection does,
+/// with POCO's request parser and response writer, except for two things: between keep-alive requests it waits
+/// with one poll(2) (POCO's Socket::poll creates, registers and closes an epoll instance for every wait: three
+/// extra system calls per request, ~7% of the token path and more of the cheap endpoints; issue 3), and it leaves
+/// "100 Continue" to the body reader, which sends it only for a body it is going to read.
+class Connection final : public Poco::Net::TCPServerConnection {
+ public:
+  Connection(const Poco::Net::StreamSocket& socket, HttpServer::Impl& impl)
+      : TCPServerConnection(socket), impl_(impl) {}
+
+  void run() override {
+    if (!impl_.track(this)) {
       return;
     }
     try {
-      Poco::Net::StreamSocket& socket = impl->socket();
-      socket.shutdownSend();
-      socket.setReceiveTimeout(Poco::Timespan(0, 250'000));
-      const auto deadline = std::chrono::steady_clock::now() + kMaxDrainTime;
-      char sink[4096];
-      std::size_t drained = 0;
-      while (drained < kMaxDrainBytes && std::chrono::steady_clock::now() < deadline) {
-        const int n = socket.receiveBytes(sink, sizeof sink);
-        if (n <= 0) {
+      Session session(socket(), impl_.params);
+      // The first wait is POCO's (it also starts the session's keep-alive accounting); later ones are ours.
+      bool more = session.hasMoreRequests();
+      while (more && !stopped_) {
+        if (!exchange(session)) {
           break;
         }
-        drained += static_cast<std::size_t>(n);
+        more = session.getKeepAlive() && !stopped_ && nextRequestArrives(session);
       }
     } catch (const Poco::Exception&) {
-      // A timeout or a reset: the client is gone or idle; nothing more to do before the close.
+      // The peer reset the connection, or a send timed out: nothing to answer; the connection closes.
+    }
+    impl_.untrack(this);
+  }
+
+  /// From stop(): an idle connection closes now; a busy one after the response it is writing (or at once when
+  /// aborting).
+  void stop(bool abort) {
+    stopped_ = true;
+    std::unique_lock lock(busy_, std::defer_lock);
+    if (!abort) {
+      lock.lock();
+    }
+    try {
+      socket().shutdown();
+    } catch (const Poco::Exception&) {
     }
   }
 
-  const HttpServer::Impl& impl_;
+ private:
+  /// One request and its response; false when the connection must close.
+  bool exchange(Session& session) {
+    std::lock_guard lock(busy_);
+    if (stopped_) {
+      return false;
+    }
+    Poco::Net::HTTPServerResponseImpl response(session);
+    try {
+      Poco::Net::HTTPServerRequestImpl request(response, session, impl_.params);
+      response.setDate(Poco::Timestamp());
+      response.setVersion(request.getVersion());
+      response.setKeepAlive(impl_.params->getKeepAlive() && request.getKeepAlive() && session.canKeepAlive());
+      impl_.serve(request, response);
+      session.setKeepAlive(impl_.params->getKeepAlive() && response.getKeepAlive() && session.canKeepAlive());
+      return true;
+    } catch (const Poco::Net::NoMessageException&) {
+      return false;  // the client closed the connection (or the wait timed out) between requests
+    } catch (const Poco::Net::MessageException&) {
+      // A malformed request line or header: 400 and close, as POCO's own connection does.
+      if (!response.sent()) {
+        Poco::Net::HTTPServerResponseImpl bad(session);
+        bad.setVersion(Poco::Net::HTTPMessage::HTTP_1_1);
+        bad.setStatusAndReason(HTTPResponse::HTTP_BAD_REQUEST);
+        bad.setKeepAlive(false);
+        bad.send();
+      }
+      return false;
+    }
+  }
+
+  /// Waits up to the keep-alive timeout for the next request: true when bytes are there to parse (or the peer
+  /// closed, which the parser then reports).
+  bool nextRequestArrives(Session& session) {
+    if (session.bufferedBytes() > 0) {
+      return true;  // pipelined: already read
+    }
+    if (impl_.tls && socket().available() > 0) {
+      return true;  // decrypted bytes inside OpenSSL: the descriptor would not poll readable for them
+    }
+    pollfd pfd{socket().impl()->sockfd(), POLLIN, 0};
+    const auto timeoutMs = static_cast<int>(impl_.params->getKeepAliveTimeout().totalMilliseconds());
+    for (;;) {
+      const int ready = ::poll(&pfd, 1, timeoutMs);
+      if (ready < 0 && errno == EINTR) {
+        continue;
+      }
+      return ready > 0;
+    }
+  }
+
+  HttpServer::Impl& impl_;
+  std::mutex busy_;
+  std::atomic<bool> stopped_{false};
 };
 
-class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
+class ConnectionFactory final : public Poco::Net::TCPServerConnectionFactory {
  public:
-  explicit Factory(const HttpServer::Impl& impl) : impl_(impl) {}
-  Poco::Net::HTTPRequestHandler* createRequestHandler(const HTTPServerRequest&) override { return new Handler(impl_); }
+  explicit ConnectionFactory(HttpServer::Impl& impl) : impl_(impl) {}
+  Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
+    return new Connection(socket, impl_);
+  }
 
  private:
-  const HttpServer::Impl& impl_;
+  HttpServer::Impl& impl_;
 };
 
 }  // namespace
+
+void HttpServer::Impl::serve(HTTPServerRequest& raw, HTTPServerResponse& response) const {
+  HttpRequest request;
+  request.method = raw.getMethod();
+  const std::string& uri = raw.getURI();
+  request.path = uri.substr(0, uri.find('?'));
+  Exchange exchange{raw, response};
+  try {
+    request.content_type = raw.getContentType();
+    request.authorization = raw.get("Authorization", "");
+    const HttpReply reply = dispatch(route(request.path), request, exchange);
+    const bool unreadBody = !exchange.bodyRead && (raw.hasContentLength() ? raw.getContentLength64() > 0
+                                                                          : raw.getChunkedTransferEncoding());
+    if (unreadBody) {
+      response.setKeepAlive(false);
+    }
+    send(reply, request.method, response);
+    if (reply.status == 413) {
+      lingeringClose(raw);
+    }
+  } catch (const std::exception& e) {
+    // The one catch at the boundary: an unexpected failure is server_error, and the server keeps serving.
+    log.event("internal_error", {{"path", request.path}, {"what", e.what()}});
+    if (!response.sent()) {
+      response.setKeepAlive(false);
+      send(error(500, "server_error", "Internal server error"), request.method, response);
+    }
+  }
+}
+
+bool HttpServer::Impl::track(Connection* connection) {
+  std::lock_guard lock(connectionsMutex);
+  if (stopping) {
+    return false;
+  }
+  connections.insert(connection);
+  return true;
+}
+
+void HttpServer::Impl::untrack(Connection* connection) {
+  std::lock_guard lock(connectionsMutex);
+  connections.erase(connection);
+}
+
+void HttpServer::Impl::stopConnections(bool abort) {
+  std::lock_guard lock(connectionsMutex);
+  stopping = true;
+  for (Connection* connection : connections) {
+    connection->stop(abort);
+  }
+}
 
 HttpServer::HttpServer(const config::Server& server, Endpoints endpoints, const Log& log)
     : impl_(std::make_unique<Impl>(server, endpoints, log)) {
@@ -337,6 +505,7 @@ HttpServer::HttpServer(const config::Server& server, Endpoints endpoints, const 
     context->disableProtocols(Poco::Net::Context::PROTO_SSLV2 | Poco::Net::Context::PROTO_SSLV3 |
                               Poco::Net::Context::PROTO_TLSV1 | Poco::Net::Context::PROTO_TLSV1_1);
     socket = std::make_unique<Poco::Net::SecureServerSocket>(context);
+    impl_->tls = true;
   } else {
     socket = std::make_unique<Poco::Net::ServerSocket>();
   }
@@ -347,23 +516,26 @@ HttpServer::HttpServer(const config::Server& server, Endpoints endpoints, const 
   impl_->port = socket->address().port();
 
   const unsigned cores = std::max(1U, std::thread::hardware_concurrency());
-  // POCO serves each keep-alive connection on one thread for as long as it stays open, so the pool must be
-  // larger than the number of connections integration engines keep open; threads idle cheaply.
+  // Each keep-alive connection is served on one thread for as long as it stays open, so the pool must be larger
+  // than the number of connections integration engines keep open; threads idle cheaply.
   const int threads = static_cast<int>(server.threads != 0 ? server.threads : std::max(64U, 8 * cores));
   impl_->pool = std::make_unique<Poco::ThreadPool>(std::min(2, threads), threads);
-  auto* params = new Poco::Net::HTTPServerParams;
-  params->setMaxThreads(threads);
-  params->setMaxQueued(static_cast<int>(server.max_queued));
-  params->setKeepAlive(true);
-  params->setKeepAliveTimeout(Poco::Timespan(server.keep_alive_timeout.count(), 0));
-  params->setTimeout(Poco::Timespan(10, 0));
-  params->setServerName("smart-broker");
-  impl_->server = std::make_unique<Poco::Net::HTTPServer>(new Factory(*impl_), *impl_->pool, *socket, params);
+  impl_->params = new Poco::Net::HTTPServerParams;
+  impl_->params->setMaxThreads(threads);
+  impl_->params->setMaxQueued(static_cast<int>(server.max_queued));
+  impl_->params->setKeepAlive(true);
+  impl_->params->setKeepAliveTimeout(Poco::Timespan(server.keep_alive_timeout.count(), 0));
+  impl_->params->setTimeout(Poco::Timespan(10, 0));
+  impl_->params->setServerName("smart-broker");
+  impl_->server = std::make_unique<Poco::Net::TCPServer>(new ConnectionFactory(*impl_), *impl_->pool, *socket,
+                                                         impl_->params);
 }
 
 HttpServer::~HttpServer() {
   if (impl_->server) {
-    impl_->server->stopAll(true);
+    impl_->server->stop();
+    impl_->stopConnections(true);
+    impl_->pool->joinAll();
   }
 }
 
@@ -372,12 +544,13 @@ std::uint16_t HttpServer::port() const { return impl_->port; }
 void HttpServer::start() { impl_->server->start(); }
 
 void HttpServer::stop(int drainSeconds) {
-  impl_->server->stopAll(false);
+  impl_->server->stop();
+  impl_->stopConnections(false);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(drainSeconds);
   while (impl_->server->currentConnections() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  impl_->server->stopAll(true);
+  impl_->stopConnections(true);
   impl_->pool->joinAll();
 }
 
