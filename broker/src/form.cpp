@@ -24,7 +24,22 @@ int hexValue(char c) {
 std::optional<std::string> decode(std::string_view in, std::size_t limit, bool& tooLong) {
   std::string out;
   out.reserve(std::min(in.size(), limit));
-  for (std::size_t i = 0; i < in.size(); ++i) {
+  std::size_t i = 0;
+  while (i < in.size()) {
+    // A run of plain characters (all of a base64url assertion) is checked for NUL and appended whole.
+    std::size_t end = i;
+    while (end < in.size() && in[end] != '%' && in[end] != '+' && in[end] != '\0') {
+      ++end;
+    }
+    if (end > i) {
+      if (out.size() + (end - i) > limit) {
+        tooLong = true;
+        return std::nullopt;
+      }
+      out.append(in.data() + i, end - i);
+      i = end;
+      continue;
+    }
     char c = in[i];
     if (c == '+') {
       c = ' ';
@@ -48,6 +63,7 @@ std::optional<std::string> decode(std::string_view in, std::size_t limit, bool& 
       return std::nullopt;
     }
     out.push_back(c);
+    ++i;
   }
   return out;
 }

@@ -10,20 +10,28 @@ namespace smartbroker::broker {
 /// (inputs are UTF-8 or validated ASCII).
 inline void appendJsonString(std::string& out, std::string_view value) {
   static constexpr char kHex[] = "0123456789abcdef";
+  out.reserve(out.size() + value.size() + 2);
   out.push_back('"');
-  for (const char c : value) {
+  // Runs that need no escape (all of a base64url token, nearly all of anything else) are appended whole.
+  std::size_t run = 0;
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    const char c = value[i];
     const auto u = static_cast<unsigned char>(c);
-    if (c == '"' || c == '\\') {
+    if (c != '"' && c != '\\' && u >= 0x20) {
+      continue;
+    }
+    out.append(value.data() + run, i - run);
+    run = i + 1;
+    if (u >= 0x20) {
       out.push_back('\\');
       out.push_back(c);
-    } else if (u < 0x20) {
+    } else {
       out += "\\u00";
       out.push_back(kHex[u >> 4]);
       out.push_back(kHex[u & 0xf]);
-    } else {
-      out.push_back(c);
     }
   }
+  out.append(value.data() + run, value.size() - run);
   out.push_back('"');
 }
 

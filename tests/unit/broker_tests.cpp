@@ -18,6 +18,8 @@
 #include "smartbroker/keyring/keyring.hpp"
 #include "smartbroker/keyring/signing_key.hpp"
 
+#include "../../broker/src/json_text.hpp"
+
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
@@ -1673,6 +1675,33 @@ BOOST_AUTO_TEST_CASE(successful_reply_is_an_rfc9068_token_with_no_store_headers)
   BOOST_TEST(h.capture.lastField("kid").value_or("") == keys().broker.kid());
   BOOST_TEST(h.capture.text().find(parts[2]) == std::string::npos);
   BOOST_TEST(h.capture.text().find(splitDots(call.assertion()).at(1)) == std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(json_strings_written_by_the_broker_parse_back_to_the_same_value) {
+  // POCO's JSON parser as the independent reader: quotes, backslashes and control characters are escaped,
+  // wherever they fall in a run of plain characters, and UTF-8 passes through.
+  const std::vector<std::string> values{
+      "",
+      "plain-base64url_AZaz09",
+      "\"",
+      "\\",
+      "a\"b\\c",
+      "ends with quote\"",
+      "\"starts with quote",
+      std::string("nul\0inside", 10),
+      "tab\tnewline\ncr\rbell\x07esc\x1b\x1f",
+      "caf\xc3\xa9 \xe2\x9c\x93",
+      std::string(300, 'x') + "\"" + std::string(300, 'y'),
+  };
+  for (const std::string& value : values) {
+    std::string json = "{";
+    sb::appendJsonMember(json, "v", value);
+    json += '}';
+    BOOST_TEST_CONTEXT(json) {
+      const auto parsed = parseObject(json);
+      BOOST_TEST(parsed->getValue<std::string>("v") == value);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(each_token_gets_a_fresh_jti) {

@@ -212,6 +212,38 @@ BOOST_AUTO_TEST_CASE(round_trips_every_length_and_byte_value) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(agrees_with_openssl_base64_on_every_length_and_every_trailing_character) {
+  // OpenSSL's EVP_EncodeBlock as the independent reference: the standard alphabet, padded; base64url is the same
+  // bits with '-' '_' for '+' '/' and no padding.
+  std::string bytes;
+  for (int i = 0; i < 200; ++i) {
+    bytes.push_back(static_cast<char>((i * 151 + 7) & 0xFF));
+    std::string reference(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+    const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(reference.data()),
+                                  reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+    reference.resize(static_cast<std::size_t>(n));
+    while (!reference.empty() && reference.back() == '=') {
+      reference.pop_back();
+    }
+    for (char& c : reference) {
+      c = c == '+' ? '-' : c == '/' ? '_' : c;
+    }
+    BOOST_TEST(jw::base64urlEncode(bytes) == reference);
+    BOOST_TEST(mustDecode(reference) == bytes);
+  }
+  // Every character in every position of a 3-character group: accepted exactly when it is in the alphabet and
+  // leaves no stray trailing bits (the last of "Zm?" carries 2 spare bits: 16 of the 64 letters are canonical).
+  int canonical = 0;
+  for (int c = 0; c < 256; ++c) {
+    const std::string text = std::string("Zm") + static_cast<char>(c);
+    if (jw::base64urlDecode(text).has_value()) {
+      ++canonical;
+      BOOST_TEST(jw::base64urlEncode(*jw::base64urlDecode(text)) == text);
+    }
+  }
+  BOOST_TEST(canonical == 16);
+}
+
 BOOST_AUTO_TEST_CASE(encodes_rfc4648_vectors_without_padding) {
   BOOST_TEST(jw::base64urlEncode("") == "");
   BOOST_TEST(jw::base64urlEncode("f") == "Zg");
