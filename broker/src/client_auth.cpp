@@ -182,6 +182,14 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   if (!jwks::verifySignature(*match->keys.front(), *alg, decoded->signingInput, decoded->signature)) {
     return deny(DenyReason::SignatureInvalid, "kid " + *kid, *iss);
   }
+  // The key lookup may have waited seconds on a jwks_uri fetch: the state is read again, so that a suspension
+  // made meanwhile (or a mirror that stopped syncing) still counts.
+  if (state_ != nullptr && !state_->current()) {
+    return deny(DenyReason::StoreUnavailable, "state mirror is not current", *iss);
+  }
+  if (state_ != nullptr && state_->isSuspended(client->client_id)) {
+    return deny(DenyReason::ClientSuspended, {}, *iss);
+  }
 
   // 7. Audience and time.
   bool audPresent = false;

@@ -317,10 +317,14 @@ std::vector<cfg::System> systems() {
 class FakeKeySource final : public sb::ClientKeySource {
  public:
   enum class Mode : std::uint8_t { Normal, Unavailable, Ambiguous };
+  std::function<void()> duringFind;
 
   std::expected<sb::KeyMatch, std::string> find(const sb::Client& client, std::string_view kid,
                                                 jw::Alg alg) override {
     ++calls_;
+    if (duringFind) {
+      duringFind();  // what happens elsewhere while a jwks_uri fetch keeps this request waiting
+    }
     switch (mode_) {
       case Mode::Unavailable:
         return std::unexpected("GET " + kJwksUri + ": connection timed out");
@@ -1433,6 +1437,16 @@ BOOST_AUTO_TEST_CASE(denial_carries_the_claimed_client_once_iss_is_read) {
   BOOST_REQUIRE(!verified.has_value());
   BOOST_TEST(verified.error().reason == DenyReason::AudMismatch);
   BOOST_TEST(verified.error().client_id == "app");
+}
+
+BOOST_AUTO_TEST_CASE(a_suspension_that_lands_while_the_keys_are_fetched_refuses_the_assertion) {
+  // The suspension check before the key lookup saw an active client; a jwks_uri fetch can then take seconds, and
+  // a suspension made meanwhile (here, or on another instance and synced) must still stop this request.
+  Harness h;
+  h.keySource.duringFind = [&] { h.tokenState.noteSystem("app", sb::SystemState{true, 0}); };
+  const auto verified = h.auth.verify(validCall().assertion(), std::nullopt);
+  BOOST_REQUIRE(!verified.has_value());
+  BOOST_TEST((verified.error().reason == DenyReason::ClientSuspended));
 }
 
 BOOST_AUTO_TEST_CASE(does_not_consult_the_key_source_before_the_client_is_known_and_allowed) {
