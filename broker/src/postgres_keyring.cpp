@@ -2,6 +2,8 @@
 // lock so that one instance at a time writes, read in consistent snapshots by the others.
 #include "smartbroker/broker/postgres_keyring.hpp"
 
+#include "postgres_session.hpp"
+
 #include <Poco/Data/PostgreSQL/Connector.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
@@ -414,10 +416,7 @@ class PostgresKeyring final : public kr::KeyringStorage {
       Poco::Data::Session session("PostgreSQL", connection_);
       // The same limits as the state store's connections (postgres_store.cpp): a tick never hangs on a lock, and
       // an abandoned transaction does not hold the keyring lock for hours.
-      const std::int64_t timeout = options_.statement_timeout_ms;
-      session << "SET statement_timeout = " + std::to_string(timeout), Poco::Data::Keywords::now;
-      session << "SET idle_in_transaction_session_timeout = " + std::to_string(std::max<std::int64_t>(10'000, 2 * timeout)),
-          Poco::Data::Keywords::now;
+      applyStatementTimeout(session, options_.statement_timeout_ms);
       return session;
     } catch (const Poco::Exception& e) {
       const std::lock_guard guard(mutex_);

@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "postgres_session.hpp"
 #include "smartbroker/broker/store.hpp"
 
 namespace smartbroker::broker {
@@ -112,18 +113,6 @@ void checkOptions(const PostgresOptions& options) {
   }
 }
 
-/// Sets the session's statement_timeout. Not in the connection string: POCO splits that string at spaces and
-/// cannot carry libpq `options='-c …'`. A plain SET outside a transaction lasts for the connection and overrides
-/// one given in the connection string.
-void applyStatementTimeout(Poco::Data::Session& session, std::int64_t milliseconds) {
-  // SET takes no placeholders; the value is an integer formatted here.
-  session << "SET statement_timeout = " + std::to_string(milliseconds), now;
-  // A client that vanishes mid-transaction (host crash, partition: no FIN) would otherwise leave its backend
-  // holding row and advisory locks until TCP gives up, hours later. Our transactions never idle: any that does
-  // for this long is abandoned.
-  session << "SET idle_in_transaction_session_timeout = " + std::to_string(std::max<std::int64_t>(10'000, 2 * milliseconds)),
-      now;
-}
 
 /// A session pool whose every connection has the statement timeout. SessionPool calls customizeSession once for
 /// each connection it opens (also those replacing dead ones), and POCO's PostgreSQL session reset() on the way
@@ -985,6 +974,20 @@ std::int64_t migratePostgres(const PostgresOptions& options) {
   } catch (const Poco::Exception& e) {
     throw std::runtime_error("postgresql: " + e.displayText());
   }
+}
+
+/// Sets the session's statement_timeout. Not in the connection string: POCO splits that string at spaces and
+/// cannot carry libpq `options='-c …'`. A plain SET outside a transaction lasts for the connection and overrides
+/// one given in the connection string.
+void applyStatementTimeout(Poco::Data::Session& session, std::int64_t milliseconds) {
+  using Poco::Data::Keywords::now;
+  // SET takes no placeholders; the value is an integer formatted here.
+  session << "SET statement_timeout = " + std::to_string(milliseconds), now;
+  // A client that vanishes mid-transaction (host crash, partition: no FIN) would otherwise leave its backend
+  // holding row and advisory locks until TCP gives up, hours later. Our transactions never idle: any that does
+  // for this long is abandoned.
+  session << "SET idle_in_transaction_session_timeout = " + std::to_string(std::max<std::int64_t>(10'000, 2 * milliseconds)),
+      now;
 }
 
 }  // namespace smartbroker::broker
