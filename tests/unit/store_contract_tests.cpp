@@ -238,6 +238,55 @@ STORE_CONTRACT_CASE(decides_duplicates_inside_one_batch_and_distinct_jtis_indepe
   }
 }
 
+STORE_CONTRACT_CASE(records_every_issued_token_of_a_concurrent_batch_with_its_own_fields) {
+  // 48 threads at once: batches carry many first uses, each with its own token (PostgreSQL writes them with one
+  // multi-row INSERT), and every field lands in its own row, replays adding none.
+  auto store = backend.open();
+  constexpr int kThreads = 48;
+  std::vector<sb::IssuedToken> issued;
+  for (int i = 0; i < kThreads; ++i) {
+    sb::IssuedToken t = token("batch-at-" + std::to_string(i), "app", kNow + i, kNow + 300 + i);
+    t.scope = "system/Patient.rs system/Observation.rs?code=" + std::to_string(i);
+    t.kid = "kid-" + std::to_string(i % 3);
+    issued.push_back(t);
+  }
+  std::latch start(2 * kThreads);
+  std::atomic<int> recorded{0};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2 * kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      const int n = i % kThreads;  // every assertion twice: one first use, one replay
+      start.arrive_and_wait();
+      auto outcome = store->recordJti("app", "batch-" + std::to_string(n), kNow + 300, &issued[static_cast<std::size_t>(n)]);
+      if (!outcome) {
+        ++errors;
+      } else if (*outcome == sb::JtiOutcome::Recorded) {
+        ++recorded;
+      }
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  BOOST_TEST(errors.load() == 0);
+  BOOST_TEST(recorded.load() == kThreads);
+  auto tokens = store->recentTokens("app", 100, kNow);
+  BOOST_REQUIRE(tokens.has_value());
+  BOOST_REQUIRE_EQUAL(tokens->size(), static_cast<std::size_t>(kThreads));
+  for (const sb::IssuedToken& t : *tokens) {
+    BOOST_TEST_CONTEXT(t.jti) {
+      const std::size_t n = std::stoul(t.jti.substr(std::string("batch-at-").size()));
+      BOOST_REQUIRE(n < issued.size());
+      BOOST_TEST(t.client_id == "app");
+      BOOST_TEST(t.scope == issued[n].scope);
+      BOOST_TEST(t.iat == issued[n].iat);
+      BOOST_TEST(t.exp == issued[n].exp);
+      BOOST_TEST(t.kid == issued[n].kid);
+    }
+  }
+}
+
 STORE_CONTRACT_CASE(lets_an_expired_record_be_taken_over_by_a_new_assertion) {
   auto store = backend.open();
   BOOST_TEST((record(*store, "app", "reuse", kNow + 10) == sb::JtiOutcome::Recorded));
