@@ -145,11 +145,20 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
     return deny(DenyReason::ClientDisabled, {}, *iss);
   }
   // A suspension made on another instance may not be in a stale mirror: refuse to decide (503).
-  if (state_ != nullptr && !state_->current()) {
-    return deny(DenyReason::StoreUnavailable, "state mirror is not current", *iss);
-  }
-  if (state_ != nullptr && state_->isSuspended(client->client_id)) {
-    return deny(DenyReason::ClientSuspended, {}, *iss);
+  const auto stateRefusal = [&]() -> std::optional<std::unexpected<Denial>> {
+    if (state_ == nullptr) {
+      return std::nullopt;
+    }
+    if (!state_->current()) {
+      return deny(DenyReason::StoreUnavailable, "state mirror is not current", *iss);
+    }
+    if (state_->isSuspended(client->client_id)) {
+      return deny(DenyReason::ClientSuspended, {}, *iss);
+    }
+    return std::nullopt;
+  };
+  if (auto refused = stateRefusal()) {
+    return *refused;
   }
   if (!client->allows(*alg)) {
     return deny(DenyReason::AlgNotAllowedForClient, std::string(jwks::algName(*alg)), *iss);
@@ -184,11 +193,8 @@ std::expected<VerifiedAssertion, Denial> ClientAuthenticator::verify(
   }
   // The key lookup may have waited seconds on a jwks_uri fetch: the state is read again, so that a suspension
   // made meanwhile (or a mirror that stopped syncing) still counts.
-  if (state_ != nullptr && !state_->current()) {
-    return deny(DenyReason::StoreUnavailable, "state mirror is not current", *iss);
-  }
-  if (state_ != nullptr && state_->isSuspended(client->client_id)) {
-    return deny(DenyReason::ClientSuspended, {}, *iss);
+  if (auto refused = stateRefusal()) {
+    return *refused;
   }
 
   // 7. Audience and time.

@@ -3,8 +3,6 @@
 
 #include <Poco/Exception.h>
 #include <Poco/Net/Context.h>
-#include <Poco/Net/HTTPRequestHandler.h>
-#include <Poco/Net/HTTPRequestHandlerFactory.h>
 #include <Poco/Net/HTTPServerParams.h>
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerRequestImpl.h>
@@ -50,9 +48,9 @@ enum class Route : std::uint8_t {
   NotFound,
 };
 
-/// The path part of `public_base_url`, e.g. "/smart", or "" at the root.
 class Connection;
 
+/// The path part of `public_base_url`, e.g. "/smart", or "" at the root.
 std::string basePath(const std::string& publicBaseUrl) {
   const std::size_t scheme = publicBaseUrl.find("://");
   const std::size_t slash = scheme == std::string::npos ? std::string::npos : publicBaseUrl.find('/', scheme + 3);

@@ -764,26 +764,22 @@ class PostgresStore final : public StateStore {
     // The issued tokens in one multi-row INSERT: one round trip for the batch, not one (or, as POCO prepares each
     // statement, two) per token.
     std::string tokenSql = "INSERT INTO tokens (jti, client_id, scope, iat, exp, kid) VALUES ";
-    std::vector<Poco::Int64> times;
-    times.reserve(2 * tokens.size());
     for (std::size_t n = 0; n < tokens.size(); ++n) {
       tokenSql += n == 0 ? "(" : ",(";
       for (int column = 0; column < 6; ++column) {
         tokenSql += (column == 0 ? "$" : ",$") + std::to_string(6 * n + 1 + static_cast<std::size_t>(column));
       }
       tokenSql += ')';
-      times.push_back(batch[tokens[n]]->issued->iat);
-      times.push_back(batch[tokens[n]]->issued->exp);
     }
     Poco::Data::Statement tokenInsert(session);
     tokenInsert << tokenSql;
-    for (std::size_t n = 0; n < tokens.size(); ++n) {
-      const IssuedToken& t = *batch[tokens[n]]->issued;
+    for (const std::size_t i : tokens) {
+      const IssuedToken& t = *batch[i]->issued;
       tokenInsert.addBind(useRef(t.jti));
       tokenInsert.addBind(useRef(t.client_id));
       tokenInsert.addBind(useRef(t.scope));
-      tokenInsert.addBind(use(times[2 * n]));
-      tokenInsert.addBind(use(times[2 * n + 1]));
+      tokenInsert.addBind(useRef(t.iat));  // std::int64_t is Poco::Int64
+      tokenInsert.addBind(useRef(t.exp));
       tokenInsert.addBind(useRef(t.kid));
     }
     tokenInsert.execute();

@@ -555,12 +555,7 @@ class SqliteStore final : public StateStore {
       }
       if (!error.empty()) {
         healthy_.store(false, std::memory_order_relaxed);
-        try {
-          if (session_.isTransaction()) {
-            session_.rollback();
-          }
-        } catch (const Poco::Exception&) {
-        }
+        rollbackQuietly();
       }
       // After signal() a Pending may be gone: nothing of it is touched past its own signal.
       for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -637,6 +632,16 @@ class SqliteStore final : public StateStore {
     p.consentResult = std::move(result);
   }
 
+  /// Ends a failed transaction of the writer's session, if one is open; a failing rollback leaves nothing to do.
+  void rollbackQuietly() {
+    try {
+      if (session_.isTransaction()) {
+        session_.rollback();
+      }
+    } catch (const Poco::Exception&) {
+    }
+  }
+
   void prune(Poco::Int64 nowSeconds) {
     try {
       // One transaction (one fsync) for the whole round, each DELETE served by an index on its expiry column.
@@ -651,12 +656,7 @@ class SqliteStore final : public StateStore {
       session_.commit();
     } catch (const Poco::Exception&) {
       // Pruning is housekeeping; the next round tries again.
-      try {
-        if (session_.isTransaction()) {
-          session_.rollback();
-        }
-      } catch (const Poco::Exception&) {
-      }
+      rollbackQuietly();
     }
   }
 
